@@ -1,0 +1,97 @@
+"""Converted-model directories: `config.json` + an orbax checkpoint of the params.
+
+    <dir>/config.json   {"kind": "two_tower", "config": {...}, "source": "..."}
+    <dir>/params/       orbax StandardCheckpointer pytree (float32)
+
+`save_model` writes into a temporary sibling directory and renames it into place, so an interrupted
+conversion never leaves a half-written model behind. `load_model(dir)` returns (model, params) for
+any registered kind; each model family registers its (config class, module class) pair.
+"""
+import json
+import os
+import shutil
+import tempfile
+from typing import Callable
+
+import jax
+import numpy as np
+
+from aajax.errors import CheckpointError
+
+# kind -> (config from dict, module from config)
+_KINDS: dict[str, tuple[Callable, Callable]] = {}
+
+
+def register_kind(kind: str, config_from_dict: Callable, module_from_config: Callable):
+  _KINDS[kind] = (config_from_dict, module_from_config)
+
+
+def _ensure_builtin_kinds():
+  if "two_tower" not in _KINDS:
+    from aajax.encoders.config import TwoTowerConfig
+    from aajax.encoders.two_towers import TwoTowerModel
+    register_kind("two_tower", TwoTowerConfig.from_dict, TwoTowerModel)
+
+
+def save_model(path: str, kind: str, config_dict: dict, params, source: str = "", overwrite: bool = False):
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not overwrite:
+    raise CheckpointError(f"output directory already exists: {path} (pass --overwrite to replace it)")
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+  try:
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump({"kind": kind, "config": config_dict, "source": source}, f, indent=2)
+    params = jax.tree.map(np.asarray, params)
+    with ocp.StandardCheckpointer() as ckpt:
+      ckpt.save(os.path.join(tmp, "params"), params)
+    if os.path.exists(path):
+      shutil.rmtree(path)
+    os.rename(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def read_model_config(path: str) -> tuple[str, dict]:
+  cfg_path = os.path.join(path, "config.json")
+  if not os.path.isdir(path):
+    raise CheckpointError(f"model directory not found: {path}")
+  if not os.path.exists(cfg_path):
+    raise CheckpointError(f"{path} is not a converted aajax model (no config.json); "
+                          f"convert a checkpoint first with python -m weights_convert.<family>")
+  try:
+    with open(cfg_path) as f:
+      meta = json.load(f)
+    return meta["kind"], meta["config"]
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise CheckpointError(f"corrupt model config {cfg_path}: {e}") from None
+
+
+def load_params(path: str, abstract=None):
+  import orbax.checkpoint as ocp
+  params_dir = os.path.join(os.path.abspath(path), "params")
+  if not os.path.isdir(params_dir):
+    raise CheckpointError(f"{path} has no params/ directory: the conversion did not finish")
+  try:
+    with ocp.StandardCheckpointer() as ckpt:
+      return ckpt.restore(params_dir, abstract) if abstract is not None else ckpt.restore(params_dir)
+  except (ValueError, FileNotFoundError, OSError) as e:
+    raise CheckpointError(f"cannot restore params from {params_dir}: {str(e).splitlines()[0]}") from None
+
+
+def load_model(path: str, expect_kind: str | None = None, **config_overrides):
+  """(module, params) from a converted directory. config_overrides, e.g. dtype="bfloat16"."""
+  _ensure_builtin_kinds()
+  kind, config_dict = read_model_config(path)
+  if expect_kind is not None and kind != expect_kind:
+    raise CheckpointError(f"{path} holds a {kind!r} model, expected {expect_kind!r}")
+  if kind not in _KINDS:
+    raise CheckpointError(f"{path} holds an unknown model kind {kind!r}; known: {sorted(_KINDS)}")
+  config_from_dict, module_from_config = _KINDS[kind]
+  cfg = config_from_dict(config_dict)
+  if config_overrides:
+    cfg = cfg.replace(**config_overrides)
+  return module_from_config(cfg), load_params(path)

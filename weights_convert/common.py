@@ -1,0 +1,148 @@
+"""Shared converter machinery: read checkpoint files, apply a name table, check every tensor.
+
+A converter is (1) a reader producing a flat {torch name: numpy array} dict, (2) a table of rows
+(flax path, torch name, transform), (3) the expected parameter shapes from `jax.eval_shape` of the
+model's init. `apply_table` checks the checkpoint against all three and reports every missing,
+unexpected and wrongly shaped tensor by name before anything is written.
+"""
+import os
+import pickle
+import zipfile
+from typing import Iterable
+
+import jax
+import numpy as np
+
+from aajax.errors import CheckpointError
+
+MAX_LISTED = 8
+
+
+def flatten(tree, prefix=()) -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+def unflatten(flat: dict) -> dict:
+  out: dict = {}
+  for path, v in flat.items():
+    node = out
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = v
+  return out
+
+
+def expected_shapes(model, *example_args) -> dict:
+  """{flax path: shape} of a model's params, computed without allocating them."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *example_args))["params"]
+  return {p: tuple(s.shape) for p, s in flatten(shapes).items()}
+
+
+def _listing(items: list[str]) -> str:
+  more = f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
+  return "; ".join(items[:MAX_LISTED]) + more
+
+
+def apply_table(state: dict, rows: Iterable, shapes: dict, transforms: dict, source: str,
+                ignore_prefixes: tuple[str, ...] = ()) -> dict:
+  """Flat torch state -> nested flax params, or CheckpointError naming every problem."""
+  rows = list(rows)
+  missing, bad_shape, flat = [], [], {}
+  for path, name, transform in rows:
+    if name not in state:
+      missing.append(name)
+      continue
+    value = transforms[transform][0](np.asarray(state[name]))
+    want = shapes.get(path)
+    if want is None:
+      raise KeyError(f"converter table names {'/'.join(path)}, which the model does not have")
+    if tuple(value.shape) != want:
+      bad_shape.append(f"{name}: expected {tuple(transforms[transform][1](np.zeros(want)).shape)}, "
+                       f"found {tuple(np.shape(state[name]))}")
+      continue
+    flat[path] = value.astype(np.float32)
+  used = {name for _, name, _ in rows}
+  extra = sorted(k for k in state if k not in used and not k.startswith(ignore_prefixes))
+  problems = []
+  if missing:
+    problems.append(f"{len(missing)} missing tensor(s): {_listing(missing)}")
+  if bad_shape:
+    problems.append(f"{len(bad_shape)} wrongly shaped tensor(s): {_listing(bad_shape)}")
+  if extra:
+    problems.append(f"{len(extra)} unexpected tensor(s): {_listing(extra)}")
+  if problems:
+    raise CheckpointError(f"{source} does not match the model: " + " | ".join(problems))
+  unfilled = sorted("/".join(p) for p in shapes if p not in flat)
+  if unfilled:
+    raise CheckpointError(f"{source}: the model has parameters no checkpoint tensor fills: {_listing(unfilled)}")
+  return unflatten(flat)
+
+
+# -- readers ------------------------------------------------------------------------------------
+def require_file(path: str, what: str) -> str:
+  if not os.path.exists(path):
+    raise CheckpointError(f"{what} not found: {path}")
+  return path
+
+
+def read_safetensors(path: str) -> dict:
+  from safetensors import SafetensorError
+  from safetensors.numpy import load_file
+  require_file(path, "safetensors file")
+  try:
+    return _to_float32_numpy(load_file(path))
+  except (SafetensorError, OSError, ValueError) as e:
+    raise CheckpointError(f"cannot read safetensors file {path}: {e}") from None
+  except Exception as e:  # bf16 tensors cannot be loaded as numpy directly
+    if "bfloat16" not in str(e) and "bf16" not in str(e).lower():
+      raise
+    return read_torch_state(path, safetensors=True)
+
+
+def _to_float32_numpy(state: dict) -> dict:
+  return {k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in state.items()}
+
+
+def read_torch_state(path: str, safetensors: bool = False) -> dict:
+  """A torch `.pt`/`.pth`/`.bin` state dict (or TorchScript archive) as float32 numpy arrays."""
+  require_file(path, "checkpoint file")
+  try:
+    import torch
+  except ImportError:
+    raise CheckpointError(f"reading {os.path.basename(path)} needs PyTorch: pip install torch==2.13.0") from None
+  if safetensors:
+    from safetensors.torch import load_file
+    tensors = load_file(path)
+  else:
+    tensors = _torch_load(torch, path)
+  out = {}
+  for k, v in tensors.items():
+    if isinstance(v, torch.Tensor):
+      v = v.detach().cpu()
+      out[k] = (v.float() if v.is_floating_point() else v).numpy()
+  return out
+
+
+def _torch_load(torch, path):
+  if not zipfile.is_zipfile(path):
+    raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a zip archive; truncated or another format?)")
+  try:
+    with zipfile.ZipFile(path) as z:
+      is_script = any(n.endswith("constants.pkl") for n in z.namelist())
+    if is_script:  # OpenAI's released CLIP files are TorchScript archives
+      return torch.jit.load(path, map_location="cpu").state_dict()
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
+    raise CheckpointError(f"cannot read PyTorch checkpoint {path}: {str(e).splitlines()[0]}") from None
+  for key in ("state_dict", "model", "module"):  # common wrappers around the state dict
+    if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+      obj = obj[key]
+  if not isinstance(obj, dict):
+    raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__})")
+  return obj
