@@ -31,6 +31,10 @@ def _ensure_builtin_kinds():
     from aajax.encoders.config import TwoTowerConfig
     from aajax.encoders.two_towers import TwoTowerModel
     register_kind("two_tower", TwoTowerConfig.from_dict, TwoTowerModel)
+  if "aa" not in _KINDS:
+    from aajax.anomaly.config import AAConfig
+    from aajax.anomaly.model import AAModel
+    register_kind("aa", AAConfig.from_dict, AAModel)
 
 
 def save_model(path: str, kind: str, config_dict: dict, params, source: str = "", overwrite: bool = False):

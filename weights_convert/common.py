@@ -14,28 +14,9 @@ import jax
 import numpy as np
 
 from aajax.errors import CheckpointError
+from aajax.params import flatten, unflatten  # noqa: F401  (re-exported for converters)
 
 MAX_LISTED = 8
-
-
-def flatten(tree, prefix=()) -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def unflatten(flat: dict) -> dict:
-  out: dict = {}
-  for path, v in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return out
 
 
 def expected_shapes(model, *example_args) -> dict:

@@ -92,11 +92,12 @@ def split_fused(state: dict, fused_prefixes: list[str]) -> dict:
   """Split `X.in_proj_weight/bias` [3D, ...] into `X.{q,k,v}_proj.weight/bias` (torch chunk order q, k, v)."""
   out = dict(state)
   for pre in fused_prefixes:
+    dot = f"{pre}." if pre else ""
     for kind in ("weight", "bias"):
-      key = f"{pre}.in_proj_{kind}"
+      key = f"{dot}in_proj_{kind}"
       if key in out:
         for proj, part in zip(("q_proj", "k_proj", "v_proj"), np.split(out.pop(key), 3, axis=0)):
-          out[f"{pre}.{proj}.{kind}"] = part
+          out[f"{dot}{proj}.{kind}"] = part
   return out
 
 

@@ -54,6 +54,7 @@ class MultiHeadAttention(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
   use_bias: bool = True
+  out_kernel_init: Any = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x, context=None, mask=None, kind: str = "qk"):
@@ -61,7 +62,7 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f"unknown attention kind {kind!r}; expected one of {ATTENTION_KINDS}")
     context = x if context is None else context
     d = x.shape[-1]
-    dense = lambda name: nn.Dense(d, use_bias=self.use_bias, dtype=self.dtype, name=name)
+    dense = lambda name, **kw: nn.Dense(d, use_bias=self.use_bias, dtype=self.dtype, name=name, **kw)
     heads = lambda t: split_heads(t, self.num_heads)
     if kind == "qk":
       q = heads(dense("q_proj")(x))
@@ -76,7 +77,7 @@ class MultiHeadAttention(nn.Module):
         out = batch_axis_vv_attention(v)
       else:
         out = v
-    return dense("out_proj")(merge_heads(out))
+    return dense("out_proj", kernel_init=self.out_kernel_init)(merge_heads(out))
 
 
 def causal_mask(length: int):
