@@ -186,3 +186,43 @@ def _merge(params, flat):
   merged = flatten(jax.tree.map(np.asarray, params))
   merged.update(flat)
   return unflatten(merged)
+
+
+# -- full size: the paper's CLIP ViT-L/14-336 at 518 px and SigLIP so400m, random init ------------
+FULL = {
+    "clip-vit-large-patch14-336": dict(act="gelu", image_size=518),
+    "siglip-so400m-patch14-384": dict(act=None, image_size=378),
+}
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("name", sorted(FULL))
+def test_full_size_aa_forward_matches_reference(name, tmp_path):
+  import dataclasses
+  from aajax.anomaly.config import recipe_for_depth
+  from aajax.encoders.config import get_config
+  backbone = get_config(name)
+  if FULL[name]["act"]:
+    backbone = backbone.replace(vision=dataclasses.replace(backbone.vision, act=FULL[name]["act"]),
+                                text=dataclasses.replace(backbone.text, act=FULL[name]["act"]))
+  recipe = recipe_for_depth(backbone.vision.depth)
+  cfg = AAConfig(backbone, image_size=FULL[name]["image_size"], dpam_mode="vv_batch", **recipe)
+  ref_model, model, params = build(cfg, tmp_path)
+  images = images_for(cfg, batch=1)
+  ids = ids_for(cfg, (1, 3, cfg.backbone.text.max_len))
+  with torch.no_grad():
+    seg, det = ref_model.image_features(torch.from_numpy(images).permute(0, 3, 1, 2))
+    anchors = ref_model.anchors(torch.from_numpy(ids), 1)
+    surgery = ref_model.surgery_levels(torch.from_numpy(images).permute(0, 3, 1, 2), "vv_batch")
+  del ref_model
+  with jax.default_matmul_precision("highest"):
+    out = jax.jit(lambda p, x: model.apply({"params": p}, x, method=AAModel.image_features))(params, images)
+    got_anchors = model.apply({"params": params}, ids.astype(np.int32), 1, method=AAModel.text_anchors)
+    got_surgery = jax.jit(lambda p, x: model.apply({"params": p}, x, method=AAModel.stage1_image_inputs))(params, images)
+  # Deep towers at full width: unit vectors agree to ~1e-4 absolute.
+  for a, b in zip(out["seg"], seg):
+    close(a, b, atol=2e-4, rtol=1e-3)
+  close(out["det"], det, atol=2e-4, rtol=1e-3)
+  close(got_anchors, anchors, atol=1e-4, rtol=1e-3)
+  for a, b in zip(got_surgery["levels"], surgery):
+    close(a, b, atol=3e-4, rtol=1e-3)
