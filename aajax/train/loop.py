@@ -139,6 +139,14 @@ def _read_done(workdir: str) -> dict | None:
     return None
 
 
+def _start_profile(config, workdir: str, step: int) -> int | None:
+  """Starts a profiler trace (each process its own) of the next `profile_steps` steps."""
+  if int(config.profile_steps) <= 0 or step >= int(config.steps):
+    return None
+  jax.profiler.start_trace(os.path.join(workdir, "profile", f"process_{jax.process_index()}"))
+  return min(step + int(config.profile_steps), int(config.steps))
+
+
 def train(task, config, workdir: str, *, mesh=None) -> TrainResult:
   """Trains one stage (config.stage, default the task's first) of `task` in `workdir`."""
   config = with_defaults(config)
@@ -181,6 +189,9 @@ def _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps) -> TrainRe
                        done.get("export"), state["params"], frozen)
 
   log = _MetricsLog(workdir, step)
+  n = mesh.devices.size
+  _say(f"[{config.stage}] {n} devices in {jax.process_count()} processes; global batch {config.batch_size} "
+       f"({int(config.batch_size) // n} per device, accum {config.accum}, {config.dtype}); {steps} steps")
   data = task.train_data(config, data_state)
   train_step = make_train_step(task.loss_fn, tx, mesh, accum=config.accum, dtype=config.dtype)
   evaluate = optional(task, "evaluate")
@@ -209,7 +220,7 @@ def _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps) -> TrainRe
 
   train_metrics, eval_metrics, window = {}, {}, []
   interrupted = False
-  t_window, steps_window = None, 0
+  t_window, steps_window, profile_until = None, 0, None
   with _StopRequest() as stop:
     while step < steps:
       try:
@@ -222,8 +233,14 @@ def _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps) -> TrainRe
       if t_window is None:           # the first step includes compilation: time from its end
         jax.block_until_ready(metrics)
         t_window, steps_window = time.time(), 0
+        profile_until = _start_profile(config, workdir, step)
       else:
         steps_window += 1
+      if step == profile_until:
+        jax.block_until_ready(metrics)
+        jax.profiler.stop_trace()
+        _say(f"[{config.stage}] profiler trace of steps {step - int(config.profile_steps) + 1}..{step} in "
+             f"{os.path.join(workdir, 'profile')}")
       if step % log_every == 0 or step == steps:
         train_metrics = _mean_metrics(window)
         window = []
@@ -249,6 +266,8 @@ def _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps) -> TrainRe
         ckpt.save(step, state, meta())
         break
 
+  if profile_until is not None and step < profile_until:
+    jax.profiler.stop_trace()
   if not interrupted:
     ckpt.save(step, state, meta())
     if evaluate is not None:
