@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from aajax.decoder import kv_cache as kvc
-from aajax.decoder.sampling import sample
 from aajax.errors import InputError
 from aajax.vlm.runtime import EncodedImage, MoondreamFns
 
@@ -46,9 +45,6 @@ class Sampling:
     if not 0 < self.top_p <= 1:
       raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
     return self
-
-
-_sample = jax.jit(sample)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -106,7 +102,7 @@ def generate_tokens(fns: MoondreamFns, params, start: Optional[EncodedImage], pr
   top_p = jnp.full((b,), sampling.top_p, jnp.float32)
   key = jax.random.PRNGKey(sampling.seed)
   key, sub = jax.random.split(key)
-  tokens, logprobs = _sample(out["logits"], sub, temperature, top_p)
+  _, tokens, logprobs = fns.steps.sample(out["logits"], sub, temperature, top_p)  # no ban on the first
   lengths = np.asarray(cache["length"])
   budget = np.minimum(sampling.max_tokens, size - lengths)  # each emitted token needs one more slot
   banned = tuple(i for i in (tok_cfg.answer_id,) if i is not None)

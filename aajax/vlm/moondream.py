@@ -113,11 +113,24 @@ def point(fns, params, tok, images, objects, max_objects: int = G.DEFAULT_MAX_OB
   return _objects(fns, params, tok, images, objects, "point", max_objects)
 
 
+def to_device(params, dtype=None):
+  """Host arrays -> device arrays, in place, one leaf at a time (peak: the params plus one tensor).
+
+  Params must live on the device: a numpy leaf passed to a jitted function is copied on every
+  call (for a decode step, the whole model per token)."""
+  for key, leaf in params.items():
+    if isinstance(leaf, dict):
+      to_device(leaf, dtype)
+    else:
+      params[key] = jax.device_put(leaf if dtype is None else jnp.asarray(leaf, dtype))
+  return params
+
+
 class Moondream:
   """Params + tokenizer + compiled functions, with the reference's method names."""
 
   def __init__(self, cfg: MoondreamConfig, params, tokenizer: Optional[MoondreamTokenizer] = None):
-    self.cfg, self.params, self.tokenizer = cfg, params, tokenizer
+    self.cfg, self.params, self.tokenizer = cfg, to_device(params), tokenizer
     self.fns = MoondreamFns(cfg)
 
   @classmethod
@@ -128,8 +141,7 @@ class Moondream:
     from aajax.model_dir import load_model
     modules, params = load_model(path, expect_kind="moondream", **({"dtype": dtype} if dtype else {}))
     cfg = modules.cfg
-    if dtype and dtype != "float32":
-      params = jax.tree.map(lambda a: jnp.asarray(a, jnp.dtype(dtype)), params)
+    params = to_device(params, jnp.dtype(dtype) if dtype else None)
     tok_path = tokenizer or os.path.join(path, "tokenizer.json")
     tok = MoondreamTokenizer.from_file(tok_path, cfg.tokenizer) if (tokenizer or os.path.exists(tok_path)) else None
     return cls(cfg, params, tok)

@@ -246,3 +246,14 @@ def test_legacy_names_and_int4_are_read():
   np.testing.assert_allclose(got["text"]["blocks_0"]["mlp"]["fc1"]["kernel"], want_fc1, rtol=1e-6)
   got["text"]["blocks_0"]["mlp"]["fc1"]["kernel"] = params["text"]["blocks_0"]["mlp"]["fc1"]["kernel"]
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), got, params)
+
+
+def test_bfloat16_model_runs_close_to_float32(tiny_dir, md):
+  md16 = Moondream.from_pretrained(tiny_dir, dtype="bfloat16")
+  leaves = jax.tree.leaves(md16.params)
+  assert all(a.dtype == jnp.bfloat16 for a in leaves)
+  img = image(9)
+  kw = dict(temperature=0.0, max_tokens=4, logprobs=True)
+  a, b = md.query(img, "what is in the image?", **kw), md16.query(img, "what is in the image?", **kw)
+  assert len(b["tokens"]) == len(b["logprobs"]) and np.isfinite(b["logprobs"]).all()
+  assert abs(a["logprobs"][0] - b["logprobs"][0]) < 0.5
