@@ -92,3 +92,22 @@ def class_scores(maps: np.ndarray, det: np.ndarray, domain: str) -> tuple[np.nda
   if domain == "medical":
     return norm_maps, peak
   return norm_maps, 0.5 * peak + 0.5 * min_max(det.astype(np.float32))
+
+
+def make_probability_fn(model: AAModel):
+  """Jitted (params, anchors [B, E, 2], images) -> (pixel probabilities [B, S, S], image probabilities [B]).
+
+  For a user's own images there are no class statistics to normalise with, so inference reports
+  what the training losses calibrate: the abnormal-channel softmax of each level's map
+  (upsampled, as in training) averaged over the levels, and the softmax of the detection logits.
+  """
+  from aajax.anomaly.losses import seg_probabilities
+
+  def probabilities(params, anchors, images):
+    feats = model.apply({"params": params}, images, method=AAModel.image_features)
+    g, size = model.cfg.grid, images.shape[1]
+    pix = [seg_probabilities(model.patch_logits(f, anchors), (g, g), size)[..., 1] for f in feats["seg"]]
+    det = jax.nn.softmax(jnp.einsum("be,bek->bk", feats["det"], anchors), axis=-1)[:, 1]
+    return sum(pix) / len(pix), det
+
+  return jax.jit(probabilities)
