@@ -37,7 +37,9 @@ def _ensure_builtin_kinds():
     register_kind("aa", AAConfig.from_dict, AAModel)
 
 
-def save_model(path: str, kind: str, config_dict: dict, params, source: str = "", overwrite: bool = False):
+def save_model(path: str, kind: str, config_dict: dict, params, source: str = "", overwrite: bool = False,
+               extra_files: dict[str, str] | None = None):
+  """extra_files: {path inside the model dir: file to copy there} (tokenizer assets), written atomically too."""
   import orbax.checkpoint as ocp
   path = os.path.abspath(path)
   if os.path.exists(path) and not overwrite:
@@ -51,6 +53,9 @@ def save_model(path: str, kind: str, config_dict: dict, params, source: str = ""
     params = jax.tree.map(np.asarray, params)
     with ocp.StandardCheckpointer() as ckpt:
       ckpt.save(os.path.join(tmp, "params"), params)
+    for rel, src in (extra_files or {}).items():
+      os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)
+      shutil.copyfile(src, os.path.join(tmp, rel))
     if os.path.exists(path):
       shutil.rmtree(path)
     os.rename(tmp, path)

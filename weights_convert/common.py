@@ -7,6 +7,7 @@ unexpected and wrongly shaped tensor by name before anything is written.
 """
 import os
 import pickle
+import warnings
 import zipfile
 from typing import Iterable
 
@@ -47,7 +48,8 @@ def apply_table(state: dict, rows: Iterable, shapes: dict, transforms: dict, sou
       bad_shape.append(f"{name}: expected {tuple(transforms[transform][1](np.zeros(want)).shape)}, "
                        f"found {tuple(np.shape(state[name]))}")
       continue
-    flat[path] = value.astype(np.float32)
+    flat[path] = np.asarray(value, np.float32)  # no copy for float32 views of the checkpoint
+  missing, bad_shape = list(dict.fromkeys(missing)), list(dict.fromkeys(bad_shape))  # fused tensors fill 3 rows
   used = {name for _, name, _ in rows}
   extra = sorted(k for k in state if k not in used and not k.startswith(ignore_prefixes))
   problems = []
@@ -63,6 +65,17 @@ def apply_table(state: dict, rows: Iterable, shapes: dict, transforms: dict, sou
   if unfilled:
     raise CheckpointError(f"{source}: the model has parameters no checkpoint tensor fills: {_listing(unfilled)}")
   return unflatten(flat)
+
+
+def export_state(params, rows: Iterable, transforms: dict) -> dict:
+  """The inverse of `apply_table`: nested params -> flat checkpoint tensors in the original layout.
+
+  Only for tables whose rows map one tensor each (HF after `fuse_split`, big_vision); used to write
+  checkpoints in the original formats (demo, tests).
+  """
+  flat = flatten(params)
+  return {name: np.ascontiguousarray(transforms[transform][1](np.asarray(flat[path])))
+          for path, name, transform in rows}
 
 
 # -- readers ------------------------------------------------------------------------------------
@@ -117,7 +130,9 @@ def _torch_load(torch, path):
     with zipfile.ZipFile(path) as z:
       is_script = any(n.endswith("constants.pkl") for n in z.namelist())
     if is_script:  # OpenAI's released CLIP files are TorchScript archives
-      return torch.jit.load(path, map_location="cpu").state_dict()
+      with warnings.catch_warnings():  # torch deprecates TorchScript; the released files still are
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(path, map_location="cpu").state_dict()
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
     raise CheckpointError(f"cannot read PyTorch checkpoint {path}: {str(e).splitlines()[0]}") from None

@@ -21,13 +21,34 @@ TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-def _linear(path, name, bias=True):
+def _fused_part(i: int, bias: bool) -> tuple[Callable, Callable]:
+  """One third (q, k or v, torch chunk order) of a fused `in_proj_weight [3D, D]` / `in_proj_bias [3D]`.
+
+  Rows naming the fused tensor keep its real name in error messages; slicing never raises, so a
+  wrongly shaped tensor is reported with the others instead of crashing the split.
+  """
+  def to_flax(t):
+    n = t.shape[0] // 3
+    part = t[i * n:(i + 1) * n]
+    return part if bias else part.T
+
+  def to_torch(f):  # the fused shape, for messages
+    return np.concatenate([f if bias else f.T] * 3, axis=0)
+  return to_flax, to_torch
+
+
+for _i, _p in enumerate("qkv"):
+  TRANSFORMS[f"in_{_p}"] = _fused_part(_i, bias=False)
+  TRANSFORMS[f"in_{_p}_bias"] = _fused_part(_i, bias=True)
+
+
+def linear_rows(path, name, bias=True):
   yield path + ("kernel",), f"{name}.weight", "T"
   if bias:
     yield path + ("bias",), f"{name}.bias", "id"
 
 
-def _norm(path, name):
+def norm_rows(path, name):
   yield path + ("scale",), f"{name}.weight", "id"
   yield path + ("bias",), f"{name}.bias", "id"
 
@@ -35,12 +56,12 @@ def _norm(path, name):
 def _blocks(path, prefix, depth) -> Iterator[Row]:
   for i in range(depth):
     p, n = path + (f"layers_{i}",), f"{prefix}.layers.{i}"
-    yield from _norm(p + ("ln1",), f"{n}.layer_norm1")
+    yield from norm_rows(p + ("ln1",), f"{n}.layer_norm1")
     for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-      yield from _linear(p + ("attn", proj), f"{n}.self_attn.{proj}")
-    yield from _norm(p + ("ln2",), f"{n}.layer_norm2")
-    yield from _linear(p + ("mlp", "fc1"), f"{n}.mlp.fc1")
-    yield from _linear(p + ("mlp", "fc2"), f"{n}.mlp.fc2")
+      yield from linear_rows(p + ("attn", proj), f"{n}.self_attn.{proj}")
+    yield from norm_rows(p + ("ln2",), f"{n}.layer_norm2")
+    yield from linear_rows(p + ("mlp", "fc1"), f"{n}.mlp.fc1")
+    yield from linear_rows(p + ("mlp", "fc2"), f"{n}.mlp.fc2")
 
 
 def vision_rows(c: ViTConfig, prefix="vision_model", path=("vision",)) -> Iterator[Row]:
@@ -52,18 +73,18 @@ def vision_rows(c: ViTConfig, prefix="vision_model", path=("vision",)) -> Iterat
   if c.class_token:
     yield path + ("cls_token",), f"{e}.class_embedding", "id"
   if c.pre_norm:
-    yield from _norm(path + ("ln_pre",), f"{prefix}.pre_layrnorm")  # sic: HF's spelling
+    yield from norm_rows(path + ("ln_pre",), f"{prefix}.pre_layrnorm")  # sic: HF's spelling
   yield from _blocks(path, f"{prefix}.encoder", c.depth)
-  yield from _norm(path + ("ln_post",), f"{prefix}.post_layernorm")
+  yield from norm_rows(path + ("ln_post",), f"{prefix}.post_layernorm")
   if c.pool == "map":
     h = f"{prefix}.head"
     yield path + ("head", "probe"), f"{h}.probe", "id"
     # The fused in_proj is split into q/k/v rows by `split_fused` before the table is applied.
     for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-      yield from _linear(path + ("head", "attn", proj), f"{h}.attention.{proj}")
-    yield from _norm(path + ("head", "ln"), f"{h}.layernorm")
-    yield from _linear(path + ("head", "mlp", "fc1"), f"{h}.mlp.fc1")
-    yield from _linear(path + ("head", "mlp", "fc2"), f"{h}.mlp.fc2")
+      yield from linear_rows(path + ("head", "attn", proj), f"{h}.attention.{proj}")
+    yield from norm_rows(path + ("head", "ln"), f"{h}.layernorm")
+    yield from linear_rows(path + ("head", "mlp", "fc1"), f"{h}.mlp.fc1")
+    yield from linear_rows(path + ("head", "mlp", "fc2"), f"{h}.mlp.fc2")
   if c.proj_dim:
     yield path + ("proj", "kernel"), "visual_projection.weight", "T"
 
@@ -73,11 +94,11 @@ def text_rows(c: TextConfig, prefix="text_model", path=("text",)) -> Iterator[Ro
   yield path + ("token_embedding", "embedding"), f"{e}.token_embedding.weight", "id"
   yield path + ("pos_embedding",), f"{e}.position_embedding.weight", "id"
   yield from _blocks(path, f"{prefix}.encoder", c.depth)
-  yield from _norm(path + ("ln_final",), f"{prefix}.final_layer_norm")
+  yield from norm_rows(path + ("ln_final",), f"{prefix}.final_layer_norm")
   if c.family == "siglip":
-    yield from _linear(path + ("head",), f"{prefix}.head", bias=c.proj_bias)
+    yield from linear_rows(path + ("head",), f"{prefix}.head", bias=c.proj_bias)
   else:
-    yield from _linear(path + ("head",), "text_projection", bias=False)
+    yield from linear_rows(path + ("head",), "text_projection", bias=False)
 
 
 def two_tower_rows(cfg: TwoTowerConfig) -> list[Row]:

@@ -38,14 +38,15 @@ def activation(name: str) -> Callable:
 
 
 class Mlp(nn.Module):
-  """fc1 -> activation -> fc2, the transformer feed-forward block."""
+  """fc1 -> activation -> fc2, the transformer feed-forward block (out_dim None: back to the input width)."""
   hidden: int
   act: str = "gelu_tanh"
   dtype: Dtype = jnp.float32
+  out_dim: int | None = None
 
   @nn.compact
   def __call__(self, x):
-    out = x.shape[-1]
+    out = self.out_dim or x.shape[-1]
     x = nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x)
     x = activation(self.act)(x)
     return nn.Dense(out, dtype=self.dtype, name="fc2")(x)

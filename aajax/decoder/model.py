@@ -1,0 +1,157 @@
+"""Moondream's text decoder: one definition for Moondream 2, 0.5B and 3 (config switches).
+
+Block (Phi style, parallel residual): h = LN(x); x = x + Attn(h) + MLP(h), where MLP is the dense
+fc1 -> GELU(tanh) -> fc2 or, in Moondream 3's MoE layers, `MoeMlp`. Attention uses one fused `qkv`
+projection split as [Q | K | V] (GQA when n_kv_heads < n_heads), partial RoPE, and an attention mask
+that is causal except for a bidirectional prefix (BOS + image tokens). Moondream 3 also scales Q and
+V per token and per position ("tau", see `TauScaling`).
+
+Parameter names follow the checkpoint (`wte`, `blocks_i/{ln, attn/{qkv, proj, tau}, mlp}`, `post_ln`,
+`lm_head`), so converting is a transpose. The KV cache (see `kv_cache.py`) is passed in and returned.
+`__call__` returns a dict: the raw residual stream `hidden` (before `post_ln`: the region heads read
+it), the updated `cache` and the MoE `aux_loss`.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from aajax.decoder import kv_cache as kvc
+from aajax.decoder.moe import MoeMlp
+from aajax.nn.layers import Mlp, layer_norm
+from aajax.nn.rope import apply_rope
+from aajax.vlm.config import TextConfig
+
+NEG_INF = jnp.finfo(jnp.float32).min
+
+
+def prefix_lm_mask(q_pos, k_pos, prefix_len):
+  """[B, T, S] True where query position q may see key position k: causal, plus a full prefix block."""
+  q, k = q_pos[:, :, None], k_pos[:, None, :]
+  return (k <= q) | ((k < prefix_len) & (q < prefix_len))
+
+
+def grouped_attention(q, k, v, mask):
+  """q [B, T, H, hd]; k, v [B, S, Hkv, hd]; mask [B, T, S] -> [B, T, H, hd]. Softmax in float32."""
+  b, t, h, hd = q.shape
+  hkv = k.shape[2]
+  q = q.reshape(b, t, hkv, h // hkv, hd)
+  logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * hd ** -0.5
+  logits = jnp.where(mask[:, None, None], logits, NEG_INF)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bkgts,bskd->btkgd", weights, v).reshape(b, t, h, hd)
+
+
+class TauScaling(nn.Module):
+  """Moondream 3: Q_h *= tanh(gelu(qkv) . wq_h) + tau_pos_h, V_h likewise with wv; K unscaled.
+
+  tau_pos_h = 0.5 + sigmoid(alpha_h * ln(pos + 1)). Positions are float32 here; the reference casts
+  them to bf16 first (730 -> 728), a difference below bf16 resolution of the scale itself.
+  """
+  n_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, qkv, q, v, positions):
+    wq = self.param("wq", nn.initializers.zeros, (qkv.shape[-1], self.n_heads))
+    wv = self.param("wv", nn.initializers.zeros, (qkv.shape[-1], self.n_heads))
+    alpha = self.param("alpha", nn.initializers.zeros, (self.n_heads,))
+    feat = jax.nn.gelu(qkv, approximate=False)
+    tok_q = jnp.tanh(feat @ wq.astype(feat.dtype))  # [B, T, H]
+    tok_v = jnp.tanh(feat @ wv.astype(feat.dtype))
+    logpos = jnp.log(positions.astype(jnp.float32) + 1.0)[..., None]
+    tau_pos = 0.5 + jax.nn.sigmoid(alpha.astype(jnp.float32) * logpos)  # [B, T, H]
+    scale_q = (tok_q + tau_pos).astype(q.dtype)[..., None]
+    scale_v = (tok_v + tau_pos).astype(v.dtype)[..., None]
+    return q * scale_q, v * scale_v
+
+
+class DecoderAttention(nn.Module):
+  cfg: TextConfig
+
+  @nn.compact
+  def __call__(self, h, positions, k_cache=None, v_cache=None, starts=None, prefix_len=0):
+    c, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+    b, t, _ = h.shape
+    hd, qd, kd = c.head_dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    qkv = nn.Dense(c.qkv_dim, dtype=dtype, name="qkv")(h)
+    q = qkv[..., :qd].reshape(b, t, c.n_heads, hd)
+    k = qkv[..., qd:qd + kd].reshape(b, t, c.n_kv_heads, hd)
+    v = qkv[..., qd + kd:].reshape(b, t, c.n_kv_heads, hd)
+    if c.tau:
+      q, v = TauScaling(c.n_heads, dtype, name="tau")(qkv, q, v, positions)
+    q = apply_rope(q, positions, c.rotary_dim, c.rope_theta)
+    k = apply_rope(k, positions, c.rotary_dim, c.rope_theta)
+    if k_cache is None:  # no cache: attend within the given sequence
+      k_pos = positions
+    else:
+      k_cache, v_cache = kvc.write(k_cache, k, starts), kvc.write(v_cache, v, starts)
+      k, v = k_cache.astype(dtype), v_cache.astype(dtype)
+      k_pos = jnp.broadcast_to(jnp.arange(k.shape[1], dtype=jnp.int32), (b, k.shape[1]))
+    out = grouped_attention(q, k, v, prefix_lm_mask(positions, k_pos, prefix_len))
+    out = nn.Dense(c.dim, dtype=dtype, name="proj")(out.reshape(b, t, qd))
+    return out, k_cache, v_cache
+
+
+class DecoderBlock(nn.Module):
+  cfg: TextConfig
+  moe_layer: bool = False
+
+  @nn.compact
+  def __call__(self, x, positions, k_cache=None, v_cache=None, starts=None, prefix_len=0, token_mask=None):
+    c, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+    h = layer_norm(c.ln_eps, dtype, "ln")(x)
+    attn, k_cache, v_cache = DecoderAttention(c, name="attn")(h, positions, k_cache, v_cache, starts, prefix_len)
+    if self.moe_layer:
+      mlp, aux = MoeMlp(c.moe, dtype, name="mlp")(h, token_mask)
+    else:
+      mlp, aux = Mlp(c.ff_dim, "gelu_tanh", dtype, name="mlp")(h), jnp.zeros((), jnp.float32)
+    return x + attn + mlp, k_cache, v_cache, aux
+
+
+class TextDecoder(nn.Module):
+  cfg: TextConfig
+
+  def setup(self):
+    c, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+    self.wte = self.param("wte", nn.initializers.normal(0.02), (c.vocab_size, c.dim))
+    self.blocks = [DecoderBlock(c, c.is_moe_layer(i)) for i in range(c.n_layers)]  # blocks_0 ...
+    self.post_ln = layer_norm(c.ln_eps, dtype)
+    self.lm_head = nn.Dense(c.vocab_size, dtype=dtype)
+
+  def embed(self, tokens):
+    return jnp.take(self.wte, tokens, axis=0).astype(jnp.dtype(self.cfg.dtype))
+
+  def logits(self, hidden):
+    """Raw hidden -> float32 vocabulary logits (post_ln, then lm_head)."""
+    return self.lm_head(self.post_ln(hidden)).astype(jnp.float32)
+
+  def __call__(self, x, cache=None, prefix_len=0, lengths=None, positions=None):
+    """x [B, T, dim] input embeddings.
+
+    With a cache, row b's tokens take positions cache.length[b] + t and are written there; only the
+    first lengths[b] (default T) are real, the rest right padding. Without a cache, `positions`
+    (default 0..T-1) place the tokens and attention stays within x.
+    """
+    b, t, _ = x.shape
+    x = x.astype(jnp.dtype(self.cfg.dtype))
+    lengths = jnp.full((b,), t, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+    token_mask = jnp.arange(t)[None, :] < lengths[:, None]
+    if cache is not None:
+      starts = cache["length"]
+      positions = starts[:, None] + jnp.arange(t, dtype=jnp.int32)[None]
+    else:
+      starts = None
+      if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    ks, vs, aux = [], [], jnp.zeros((), jnp.float32)
+    for i, block in enumerate(self.blocks):
+      k_i = None if cache is None else cache["k"][i]
+      v_i = None if cache is None else cache["v"][i]
+      x, k_i, v_i, aux_i = block(x, positions, k_i, v_i, starts, prefix_len, token_mask)
+      ks.append(k_i)
+      vs.append(v_i)
+      aux = aux + aux_i
+    out = {"hidden": x, "aux_loss": aux / max(1, sum(map(self.cfg.is_moe_layer, range(self.cfg.n_layers))))}
+    if cache is not None:
+      out["cache"] = {"k": tuple(ks), "v": tuple(vs), "length": starts + lengths}
+    return out

@@ -1,0 +1,308 @@
+"""Moondream checkpoints (`model.safetensors`, a shard index, or a directory) -> aajax model directory.
+
+    python -m weights_convert.moondream --src <model.safetensors | dir> --dst <dir> \
+        [--config moondream2|moondream2-2025-04-14|moondream2-2025-01-09|moondream05|moondream3] \
+        [--tokenizer <tokenizer.json>] [--overwrite]
+
+Layouts read (torch `[out, in]` weights, transposed here):
+  * HF release names, `model.` prefix stripped: `vision.*`, `text.*`, `region.*` (Moondream 2, 0.5B, 3).
+  * Legacy training names (`vision_encoder.encoder.model.visual.*`, `text_model.transformer.h.*`,
+    `region_model.*`), with `._orig_mod` infixes; their Fourier feature matrices are stored transposed.
+  * The int4 at-rest format (`<linear>.weight.{packed,scale,zero_point}`), dequantised here.
+Without --config the generation is inferred from the tensors (MoE experts -> moondream3, 1024-wide
+text -> moondream05, otherwise moondream2); the tokenizer generation and size scale of an older
+Moondream 2 cannot be seen in the weights, so pass --config for those checkpoints.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Iterator
+
+import numpy as np
+
+from aajax.errors import AajaxError, CheckpointError
+from aajax.vlm.config import MoondreamConfig, get_config
+
+Row = tuple[tuple[str, ...], str, str]  # (flax path, checkpoint name, transform)
+
+# transform name -> (checkpoint -> flax, flax -> checkpoint)
+TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
+    "id": (lambda t: t, lambda f: f),
+    "T": (lambda t: t.T, lambda f: f.T),
+    "T3": (lambda t: t.transpose(0, 2, 1), lambda f: f.transpose(0, 2, 1)),  # per-expert [E, out, in]
+}
+
+
+def _linear(path, name, bias=True):
+  yield path + ("kernel",), f"{name}.weight", "T"
+  if bias:
+    yield path + ("bias",), f"{name}.bias", "id"
+
+
+def _norm(path, name):
+  yield path + ("scale",), f"{name}.weight", "id"
+  yield path + ("bias",), f"{name}.bias", "id"
+
+
+def _mlp(path, name):
+  yield from _linear(path + ("fc1",), f"{name}.fc1")
+  yield from _linear(path + ("fc2",), f"{name}.fc2")
+
+
+def vision_rows(cfg: MoondreamConfig) -> Iterator[Row]:
+  p = ("vision",)
+  yield from _linear(p + ("patch_emb",), "vision.patch_emb")
+  yield p + ("pos_emb",), "vision.pos_emb", "id"
+  for i in range(cfg.vision.enc_n_layers):
+    b, n = p + (f"blocks_{i}",), f"vision.blocks.{i}"
+    yield from _norm(b + ("ln1",), f"{n}.ln1")
+    yield from _linear(b + ("attn", "qkv"), f"{n}.attn.qkv")
+    yield from _linear(b + ("attn", "proj"), f"{n}.attn.proj")
+    yield from _norm(b + ("ln2",), f"{n}.ln2")
+    yield from _mlp(b + ("mlp",), f"{n}.mlp")
+  yield from _norm(p + ("post_ln",), "vision.post_ln")
+  yield from _mlp(p + ("proj_mlp",), "vision.proj_mlp")
+
+
+def text_rows(cfg: MoondreamConfig) -> Iterator[Row]:
+  t, p = cfg.text, ("text",)
+  yield p + ("wte",), "text.wte", "id"
+  for i in range(t.n_layers):
+    b, n = p + (f"blocks_{i}",), f"text.blocks.{i}"
+    yield from _norm(b + ("ln",), f"{n}.ln")
+    yield from _linear(b + ("attn", "qkv"), f"{n}.attn.qkv")
+    yield from _linear(b + ("attn", "proj"), f"{n}.attn.proj")
+    if t.tau:
+      yield b + ("attn", "tau", "wq"), f"{n}.attn.tau.wq", "T"
+      yield b + ("attn", "tau", "wv"), f"{n}.attn.tau.wv", "T"
+      yield b + ("attn", "tau", "alpha"), f"{n}.attn.tau.alpha", "id"
+    if t.is_moe_layer(i):
+      yield from _linear(b + ("mlp", "router"), f"{n}.mlp.router")
+      yield b + ("mlp", "fc1"), f"{n}.mlp.fc1.weight", "T3"
+      yield b + ("mlp", "fc2"), f"{n}.mlp.fc2.weight", "T3"
+    else:
+      yield from _mlp(b + ("mlp",), f"{n}.mlp")
+  yield from _norm(p + ("post_ln",), "text.post_ln")
+  yield from _linear(p + ("lm_head",), "text.lm_head")
+
+
+def region_rows(cfg: MoondreamConfig) -> Iterator[Row]:
+  p = ("region",)
+  yield p + ("coord_features",), "region.coord_features", "id"
+  yield p + ("size_features",), "region.size_features", "id"
+  yield from _linear(p + ("coord_encoder",), "region.coord_encoder")
+  yield from _linear(p + ("size_encoder",), "region.size_encoder")
+  for head in ("coord_decoder", "size_decoder"):
+    if cfg.region.inner_dim is None:  # Moondream 3: LayerNorm + one Linear per head
+      yield from _linear(p + (head,), f"region.{head}")
+    else:
+      yield from _mlp(p + (head,), f"region.{head}")
+  if cfg.region.inner_dim is None:
+    yield from _norm(p + ("ln",), "region.ln")
+
+
+def moondream_rows(cfg: MoondreamConfig) -> list[Row]:
+  return list(vision_rows(cfg)) + list(text_rows(cfg)) + list(region_rows(cfg))
+
+
+# -- name normalisation -------------------------------------------------------------------------
+_LEGACY_PREFIXES = [
+    ("vision_encoder.encoder.model.visual.patch_embed.linear.", "vision.patch_emb."),
+    ("vision_encoder.encoder.model.visual.pos_embed", "vision.pos_emb"),
+    ("vision_encoder.encoder.model.visual.norm.", "vision.post_ln."),
+    ("vision_encoder.encoder.model.visual.blocks.", "vision.blocks."),
+    ("vision_encoder.projection.mlp.", "vision.proj_mlp."),
+    ("text_model.transformer.embd.wte.weight", "text.wte"),
+    ("text_model.transformer.h.", "text.blocks."),
+    ("text_model.lm_head.ln.", "text.post_ln."),
+    ("text_model.lm_head.linear.", "text.lm_head."),
+    ("region_model.coordinate_encoder.", "region.coord_encoder."),
+    ("region_model.coordinate_decoder.", "region.coord_decoder."),
+    ("region_model.size_encoder.", "region.size_encoder."),
+    ("region_model.size_decoder.", "region.size_decoder."),
+]
+_LEGACY_INFIXES = [(".norm1.", ".ln1."), (".norm2.", ".ln2."), (".mixer.Wqkv.", ".attn.qkv."),
+                   (".mixer.out_proj.", ".attn.proj.")]
+
+
+def normalise_names(state: dict) -> dict:
+  """Any supported layout -> HF release names (`vision.*`, `text.*`, `region.*`)."""
+  out = {}
+  for key, value in state.items():
+    name = key.replace("._orig_mod", "")
+    if name.startswith("model."):
+      name = name[len("model."):]
+    if name == "region_model.coordinate_features.weight":  # legacy [128, 1] -> [1, 128]
+      name, value = "region.coord_features", value.T
+    elif name == "region_model.size_features.weight":     # legacy [256, 2] -> [2, 256]
+      name, value = "region.size_features", value.T
+    for old, new in _LEGACY_PREFIXES:
+      if name.startswith(old):
+        name = new + name[len(old):]
+        if name.startswith(("vision.blocks.", "text.blocks.")):
+          for a, b in _LEGACY_INFIXES:
+            name = name.replace(a, b)
+        break
+    if name in out:
+      raise CheckpointError(f"checkpoint holds {name!r} twice (as {key!r} and another name)")
+    out[name] = value
+  return out
+
+
+def dequantize_int4(packed, scale, zero_point, shape):
+  """The int4 at-rest format: row r of `packed` holds group r (high nibble) and r + N/2 (low nibble)."""
+  packed = np.asarray(packed, np.uint8)
+  q = np.concatenate([packed >> 4, packed & 0x0F], axis=0).astype(np.float32)
+  w = (q - np.asarray(zero_point, np.float32)) * np.asarray(scale, np.float32)
+  return w.reshape(shape)
+
+
+def dequantize_state(state: dict, cfg: MoondreamConfig) -> dict:
+  """Replace every `X.weight.{packed,scale,zero_point}` triple by a float `X.weight`."""
+  shapes = {name: shape for name, shape in expected_state_shapes(cfg).items()}
+  out = dict(state)
+  for key in [k for k in state if k.endswith(".weight.packed")]:
+    base = key[:-len(".packed")]
+    parts = [f"{base}.scale", f"{base}.zero_point"]
+    if any(p not in state for p in parts):
+      raise CheckpointError(f"int4 tensor {base} lacks its scale or zero_point")
+    if base not in shapes:
+      raise CheckpointError(f"int4 tensor {base} is not a weight of this model")
+    out[base] = dequantize_int4(state[key], state[parts[0]], state[parts[1]], shapes[base])
+    for k in [key] + parts:
+      del out[k]
+  return out
+
+
+# -- shapes and inference of the generation -----------------------------------------------------
+def expected_params_shapes(cfg: MoondreamConfig) -> dict:
+  from aajax.vlm.model import param_shapes
+  return param_shapes(cfg)
+
+
+def expected_state_shapes(cfg: MoondreamConfig) -> dict:
+  """{checkpoint name: shape} of the release layout for a config."""
+  shapes = expected_params_shapes(cfg)
+  return {name: tuple(TRANSFORMS[tr][1](np.empty(shapes[path], np.uint8)).shape)
+          for path, name, tr in moondream_rows(cfg)}
+
+
+def infer_config(state: dict) -> MoondreamConfig:
+  if "text.blocks.0.attn.qkv.weight" not in state:
+    raise CheckpointError("not a Moondream checkpoint: no text.blocks.0.attn.qkv.weight "
+                          f"(first names: {', '.join(sorted(state)[:4])})")
+  if any(k.endswith(".mlp.router.weight") for k in state):
+    n_layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("text.blocks."))
+    return get_config("moondream3") if n_layers == 24 else _reduced_md3(n_layers)
+  if state["text.wte"].shape[1] == 1024:
+    return get_config("moondream05")
+  return get_config("moondream2")
+
+
+def _reduced_md3(n_layers):
+  from aajax.vlm.config import moondream3
+  return moondream3(n_layers).validate()
+
+
+def check_generation(state: dict, cfg: MoondreamConfig, source: str):
+  """A one-line error when the checkpoint is of another generation than the config."""
+  has_moe = any(k.endswith(".mlp.router.weight") for k in state)
+  has_tau = any(".attn.tau." in k for k in state)
+  if has_moe != (cfg.text.moe is not None) or has_tau != cfg.text.tau:
+    found = "Moondream 3 (MoE, tau)" if has_moe else "Moondream 2 / 0.5B (dense)"
+    want = "Moondream 3" if cfg.text.moe is not None else "Moondream 2 / 0.5B"
+    raise CheckpointError(f"{source} is a {found} checkpoint but the config is {want}; "
+                          f"pass the matching --config")
+  wte = state.get("text.wte")
+  if wte is not None and wte.shape[1] != cfg.text.dim:
+    raise CheckpointError(f"{source} has text width {wte.shape[1]} but the config has {cfg.text.dim} "
+                          f"(Moondream 0.5B is 1024, Moondream 2/3 2048); pass the matching --config")
+
+
+# -- reading ------------------------------------------------------------------------------------
+def read_checkpoint(src: str) -> dict:
+  """A `.safetensors` file, a shard index, or a directory holding either -> flat numpy state."""
+  from weights_convert.common import read_safetensors, require_file
+  require_file(src, "Moondream checkpoint")
+  if os.path.isdir(src):
+    for name in ("model.safetensors.index.json", "model.safetensors"):
+      if os.path.exists(os.path.join(src, name)):
+        return read_checkpoint(os.path.join(src, name))
+    found = [n for n in sorted(os.listdir(src)) if n.endswith(".safetensors")]
+    if len(found) == 1:
+      return read_checkpoint(os.path.join(src, found[0]))
+    raise CheckpointError(f"{src} holds no model.safetensors (or index); found: {found or 'nothing'}")
+  if src.endswith(".index.json"):
+    try:
+      with open(src) as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      raise CheckpointError(f"corrupt shard index {src}: {e}") from None
+    state = {}
+    for shard in shards:
+      state.update(read_safetensors(os.path.join(os.path.dirname(src), shard)))
+    return state
+  if src.endswith((".pt", ".pth", ".bin")):
+    from weights_convert.common import read_torch_state
+    return read_torch_state(src)
+  return read_safetensors(src)
+
+
+def convert_state(state: dict, cfg: MoondreamConfig | None = None, source: str = "checkpoint"):
+  """Flat checkpoint state -> (config, nested float32 params)."""
+  from weights_convert.common import apply_table
+  state = normalise_names(state)
+  cfg = cfg or infer_config(state)
+  check_generation(state, cfg, source)
+  state = dequantize_state(state, cfg)
+  params = apply_table(state, moondream_rows(cfg), expected_params_shapes(cfg), TRANSFORMS, source)
+  return cfg, params
+
+
+def params_to_state(params, cfg: MoondreamConfig, dtype=np.float32) -> dict:
+  """Nested params -> release-layout checkpoint state (writes test checkpoints; exports)."""
+  from aajax.params import flatten
+  flat = flatten(params)
+  return {name: np.ascontiguousarray(TRANSFORMS[tr][1](np.asarray(flat[path], np.float32))).astype(dtype)
+          for path, name, tr in moondream_rows(cfg)}
+
+
+def convert(src: str, dst: str, config: str | None = None, tokenizer: str | None = None, overwrite=False):
+  from aajax.model_dir import save_model
+  cfg = get_config(config) if config else None
+  cfg, params = convert_state(read_checkpoint(src), cfg, src)
+  save_model(dst, "moondream", cfg.to_dict(), params, source=os.path.abspath(src), overwrite=overwrite)
+  tok = tokenizer or _sibling_tokenizer(src)
+  if tok:
+    import shutil
+    shutil.copyfile(tok, os.path.join(dst, "tokenizer.json"))
+  return cfg
+
+
+def _sibling_tokenizer(src: str):
+  folder = src if os.path.isdir(src) else os.path.dirname(src)
+  path = os.path.join(folder, "tokenizer.json")
+  return path if os.path.exists(path) else None
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--src", required=True, help="model.safetensors, a shard index, or a directory")
+  ap.add_argument("--dst", required=True, help="output model directory")
+  ap.add_argument("--config", default=None, help="named config (default: inferred from the tensors)")
+  ap.add_argument("--tokenizer", default=None, help="tokenizer.json to copy (default: next to --src)")
+  ap.add_argument("--overwrite", action="store_true")
+  args = ap.parse_args(argv)
+  try:
+    cfg = convert(args.src, args.dst, args.config, args.tokenizer, args.overwrite)
+  except AajaxError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  kind = "Moondream 3" if cfg.text.moe else f"Moondream (text width {cfg.text.dim})"
+  print(f"wrote {kind} to {args.dst}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
