@@ -8,14 +8,13 @@
     data.shots       k-shot training (k/2 normal + k/2 anomalous per class); 0 = every training image
     data.eval_name / eval_root / eval_classes   evaluate on another data set ("" = the training one),
                      e.g. train on VisA, evaluate on MVTec (the zero-shot protocol)
-    data.domain      "industrial" | "medical" for every class, or "" (each class's own domain)
+    data.domain      "Industrial" | "Medical" for every class, or "" (each class's own domain)
     data.synthetic   sizes of the synthetic set (seed, image_size, n_train, n_test, classes)
 """
 import dataclasses
 
 import ml_collections
 
-from aajax.anomaly import prompts
 from aajax.errors import ConfigError
 
 
@@ -46,26 +45,26 @@ class Split:
   samples: list
   class_names: list
   real_names: list
-  domains: list            # "industrial" | "medical" per class: the test blur and image-score rule
+  domains: list            # "Industrial" | "Medical" per class: the test blur and image-score rule
 
 
 def _load(name: str, root: str, split: str, classes, synthetic) -> tuple[list, dict, dict]:
   """(samples, {class: real name}, {class: domain})."""
+  from aajax.data import class_names
+  from aajax.data.datasets import load_samples
   classes = tuple(classes) or None
   if name == "synthetic":
-    from aajax.data.synthetic import make_synthetic
-    s = synthetic
-    syn_classes = tuple(s.get("classes", ())) or classes
-    data = make_synthetic(seed=s.seed, image_size=s.image_size, classes=syn_classes, n_train=s.n_train,
-                          n_test=s.n_test, anomaly_fraction=s.anomaly_fraction)
-    samples = data.train if split == "train" else data.test
-    return list(samples), dict(data.real_names), dict(data.domains)
-  from aajax.data.datasets import load_samples
-  if not root:
-    raise ConfigError(f"data set {name!r} needs a root folder (data.root / data.eval_root)")
-  samples = load_samples(name, root, split, classes)
+    options = {k: v for k, v in synthetic.to_dict().items() if k != "classes"}
+    classes = tuple(synthetic.get("classes", ())) or classes
+  else:
+    options = {}
+    if not root:
+      raise ConfigError(f"data set {name!r} needs a root folder (data.root / data.eval_root)")
+  samples = load_samples(name, root, split, classes, **options)
   names = {s.class_name for s in samples}
-  return samples, {c: prompts.real_name(name, c) for c in names}, {c: prompts.domain_of(name) for c in names}
+  table = None if name == "jsonl" else name   # jsonl metadata mixes data sets: look names up by class
+  return (samples, {c: class_names.real_name(c, table) for c in names},
+          {c: class_names.domain(c, table) for c in names})
 
 
 def _split(name, root, split, classes, synthetic, domain="") -> Split:

@@ -3,8 +3,10 @@
 The protocol is the released `test.py` (see `aajax.anomaly.inference`): maps and detection scores
 per image, one min-max normalisation per class, image scores by the class's domain rule. Pixel
 metrics (AUROC, AP, AUPRO, F1-max) run over every pixel of the class at the model's input size;
-image metrics (AUROC, AP, F1-max) over its images. A class whose images all carry one label gets
-no image metrics (NaN, left out of the mean) instead of the reference's silent 0.
+image metrics (AUROC, AP, F1-max) over its images (`aajax.eval.evaluator.Evaluator`, which keeps
+only the patch-grid maps and bit-packed masks, so a full test set fits in memory). A class whose
+images all carry one label gets no image metrics (NaN, left out of the mean) instead of the
+reference's silent 0.
 """
 import os
 import time
@@ -48,65 +50,55 @@ def class_contexts(model: AAModel, params, loader, num_classes: int):
   return (sums / counts[:, None, None]).astype(np.float32)
 
 
-def predict_split(model, params, anchor_table, loader, domains, progress=print):
-  """One pass: maps, detection scores, masks, labels, class ids, uint8-ready images (per sample)."""
+def evaluate(model, params, anchor_table, loader, domains, outdir: str, heatmaps_per_class: int = 4,
+             progress=print) -> dict:
+  """One pass over `loader`: per-class metrics, metrics.{md,csv,json}, heatmaps/ and curves/ in
+  `outdir`; returns the mean row ({metric: value})."""
   from aajax.data.transforms import denormalize
-  # The domain rule is applied per class later; the blur is the only per-domain step on the grid.
-  fns = {}
-  out = {k: [] for k in ("maps", "det", "masks", "labels", "class_ids", "images", "ids")}
+  from aajax.eval import report
+  from aajax.eval.evaluator import Evaluator
+  evaluator = Evaluator(loader.class_names, domains, model.cfg.image_size)
+  fns = {d: inference.make_grid_fn(model, d) for d in set(domains)}
+  shown = {c: [] for c in range(len(loader.class_names))}   # (evaluator index, label, image, mask)
   start, seen = time.perf_counter(), 0
   for batch in loader:
     valid = np.asarray(batch.get("valid", np.ones(len(batch["labels"]), bool)))
-    batch_domains = [domains[c] for c in batch["class_ids"]]
-    for domain in set(batch_domains):
-      if domain not in fns:
-        fns[domain] = inference.make_predict_fn(model, domain)
-    maps = {d: fns[d](params, anchor_table, batch["images"], batch["class_ids"]) for d in set(batch_domains)}
+    outs = {d: fns[d](params, anchor_table, batch["images"], batch["class_ids"])
+            for d in {domains[c] for c in batch["class_ids"]}}
+    grid = np.stack([np.asarray(outs[domains[c]][0][i]) for i, c in enumerate(batch["class_ids"])])
+    det = np.asarray([float(outs[domains[c]][1][i]) for i, c in enumerate(batch["class_ids"])])
     for i in np.flatnonzero(valid):
-      m, det = maps[batch_domains[i]]
-      out["maps"].append(np.asarray(m[i]))
-      out["det"].append(float(det[i]))
-      out["masks"].append(batch["masks"][i].astype(np.uint8))
-      out["labels"].append(int(batch["labels"][i]))
-      out["class_ids"].append(int(batch["class_ids"][i]))
-      out["images"].append(denormalize(batch["images"][i], loader.norm))
-      out["ids"].append(str(batch["ids"][i]) if "ids" in batch else str(seen + i))
+      _keep_for_heatmap(shown[int(batch["class_ids"][i])], heatmaps_per_class, seen + _rank(valid, i),
+                        int(batch["labels"][i]), batch, i, loader.norm, denormalize)
+    evaluator.add(batch["class_ids"], batch["labels"], grid, batch["masks"], det, valid,
+                  batch.get("ids"))
     seen += int(valid.sum())
     if progress:
-      rate = seen / max(time.perf_counter() - start, 1e-9)
-      progress(f"eval: {seen}/{len(loader.samples)} images, {rate:.1f} img/s")
-  return out
+      progress(f"eval: {seen}/{len(loader.samples)} images, {seen / (time.perf_counter() - start):.1f} img/s")
+  results = evaluator.results(curves=True)
+  curves = {name: row.pop("curves") for name, row in results.items()}
+  report.write_tables(results, outdir)
+  for kind in ("image", "pixel"):
+    report.plot_curves({k: v[kind] for k, v in curves.items()}, os.path.join(outdir, "curves"), kind)
+  for c, kept in shown.items():
+    if kept:
+      kept = sorted(kept, key=lambda k: (-k[1], k[0]))[:heatmaps_per_class]
+      idx = [k[0] for k in kept]
+      report.save_heatmaps([k[2] for k in kept], [k[3] for k in kept], evaluator.normalized_maps(idx),
+                           [f"{loader.class_names[c]}/{k[4]}" for k in kept], os.path.join(outdir, "heatmaps"),
+                           vmin=0.0, vmax=1.0)
+  columns = [k for k in next(iter(results.values())) if not k.startswith("n_")]
+  return report.mean_row(results, columns)
 
 
-def evaluate(model, params, anchor_table, loader, domains, outdir: str, heatmaps_per_class: int = 4,
-             progress=print):
-  """Metrics per class and their mean; writes metrics.{md,csv,json}, heatmaps/ and curves/."""
-  from aajax.eval import metrics, report
-  pred = predict_split(model, params, anchor_table, loader, domains, progress)
-  class_ids = np.asarray(pred["class_ids"])
-  results = {}
-  for c, name in enumerate(loader.class_names):
-    idx = np.flatnonzero(class_ids == c)
-    if not len(idx):
-      continue
-    maps = np.stack([pred["maps"][i] for i in idx])
-    det = np.asarray([pred["det"][i] for i in idx])
-    norm_maps, scores = inference.class_scores(maps, det, domains[c])
-    masks = np.stack([pred["masks"][i] for i in idx])
-    labels = np.asarray([pred["labels"][i] for i in idx])
-    row = {**{f"pixel_{k}": v for k, v in metrics.pixel_metrics(masks, norm_maps).items()},
-           **{f"image_{k}": v for k, v in metrics.image_metrics(labels, scores).items()}}
-    results[name] = row
-    shown = _heatmap_choice(labels, heatmaps_per_class)
-    report.save_heatmaps([pred["images"][idx[i]] for i in shown], masks[shown], norm_maps[shown],
-                         [f"{name}_{pred['ids'][idx[i]].replace('/', '_')}" for i in shown],
-                         os.path.join(outdir, "heatmaps"))
-  summary = report.write_tables(results, outdir)
-  return summary
+def _rank(valid, i):
+  """Index of row i among the valid rows of its batch."""
+  return int(np.sum(valid[:i]))
 
 
-def _heatmap_choice(labels, n):
-  """Anomalous images first (they show the most), then normal ones."""
-  order = np.concatenate([np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)])
-  return order[:n]
-
+def _keep_for_heatmap(kept, n, index, label, batch, i, norm, denormalize):
+  """Keep up to n anomalous and n normal images per class; anomalous ones are shown first."""
+  if sum(1 for k in kept if k[1] == label) >= n:
+    return
+  name = str(batch["ids"][i]).replace("/", "_") if "ids" in batch else str(index)
+  kept.append((index, label, denormalize(batch["images"][i], norm), batch["masks"][i], name))

@@ -77,7 +77,7 @@ class AATask:
                     process_count=jax.process_count(), class_names=self.split.class_names)
     if start_state:
       loader.set_state(start_state)
-    return loader
+    return TrainStream(loader)
 
   # -- evaluation and export -------------------------------------------------------------------
   def evaluate(self, trainable, frozen, config, workdir):
@@ -102,6 +102,29 @@ class AATask:
     write_model(os.path.join(workdir, EXPORTED_MODEL), self.cfg,
                 objectives.merge(frozen["params"], trainable), recipe.tokenizer_spec(self.cfg, config.model),
                 self.split, np.asarray(frozen["anchors"]), self.norm)
+
+
+class TrainStream:
+  """The loader as the trainer's iterator: the arrays a training step reads, and the loader's position."""
+  KEYS = ("images", "masks", "labels", "class_ids")
+
+  def __init__(self, loader):
+    self.loader = loader
+    self._it = iter(loader)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    batch = next(self._it)
+    return {k: batch[k] for k in self.KEYS}
+
+  def get_state(self) -> dict:
+    return self.loader.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self.loader.set_state(state)
+    self._it = iter(self.loader)
 
 
 def write_model(path: str, cfg, params, tokenizer_spec: dict, split, anchors, norm: str):
