@@ -68,9 +68,10 @@ def blur_matrix(n: int, ksize: int, sigma: float) -> np.ndarray:
 def _apply_separable(x, mh, mw):
   xp = _xp(x)
   dtype = x.dtype if xp.issubdtype(x.dtype, xp.floating) else np.float32
-  mh, mw = xp.asarray(mh, dtype), xp.asarray(mw, dtype)
+  # Contiguous transposed matrix: numpy's batched matmul is ~10x slower on a strided operand.
+  mh, mwt = xp.asarray(mh, dtype), xp.asarray(np.ascontiguousarray(mw.T), dtype)
   # [..., H, W] -> [..., H', W']: two batched matmuls (a three-operand einsum is slow in numpy)
-  return xp.matmul(mh, xp.matmul(x, mw.T))
+  return xp.matmul(mh, xp.matmul(x, mwt))
 
 
 def blur_grid(maps, domain="Industrial"):

@@ -16,11 +16,12 @@ the weight 1 / (n_regions * |its region|); PRO(t) is then the cumulative weight 
 
 Memory. Pixel sets can be huge (a MVTec-size test set at 518 px is ~460 M pixels). Scores are
 float32 (as the reference's maps are), mapped to order-preserving uint32 keys; a pixel's key and its
-region id pack into one uint64 that sorts in place (8 bytes per pixel, no argsort). Sets larger than
-`budget` pixels are swept in key ranges: one pass histograms the top 16 key bits, then each range
-of at most ~`budget` pixels is gathered from the chunks, sorted and reduced in turn. Peak extra
-memory is about 24 bytes x budget (default 2^24 pixels: ~400 MB) whatever the set size, at the
-price of one pass over the data per range. The result is exact, not binned.
+region id pack into one uint64 that sorts in place (8 bytes a pixel, no argsort). A first pass over
+the data (given as chunks) histograms the top 16 key bits; then each range of keys holding at most
+`budget` pixels is gathered from the chunks into one preallocated array, sorted, and swept from the
+top in blocks of distinct scores. Peak extra memory is ~8 bytes x budget (default 2^25 pixels:
+256 MiB) plus one chunk's temporaries, whatever the set size; the price is one pass over the data
+per range. The result is exact, not binned.
 
 One-label sets (only normal or only anomalous samples) have no AUROC: the metric is NaN and
 `n_pos` / `n_neg` in the result say why; reports print "n/a".
@@ -32,7 +33,7 @@ import scipy.ndimage
 
 from aajax.errors import InputError
 
-DEFAULT_BUDGET = 1 << 24
+DEFAULT_BUDGET = 1 << 25
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
 
 
@@ -145,32 +146,34 @@ class _Sweep:
 
 # -------------------------------------------------------------------------------- group reduction
 
+_BLOCK = 1 << 20   # distinct scores reduced and swept at a time: bounds the temporaries
+
+
 def _reduce_sorted(packed: np.ndarray, weights):
-  """Sorted uint64 (key << 32 | region) -> distinct keys descending with (dn, dp, dw)."""
+  """Sorted uint64 (key << 32 | region) of whole key groups -> distinct keys descending with
+  (dn, dp, dw)."""
   keys = (packed >> np.uint64(32)).astype(np.uint32)
-  region = (packed & np.uint64(0xFFFFFFFF)).astype(np.uint32)
   starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
-  pos = region > 0
-  dp = np.add.reduceat(pos, starts, dtype=np.int64)
-  counts = np.diff(np.concatenate([starts, [len(keys)]]))
-  dn = counts - dp
+  region = (packed & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+  dp = np.add.reduceat(region > 0, starts, dtype=np.int64)
+  dn = np.diff(np.append(starts, len(keys))) - dp
   dw = np.add.reduceat(weights[region], starts) if weights is not None else None
   rev = slice(None, None, -1)
   return keys[starts][rev], dn[rev], dp[rev], (dw[rev] if dw is not None else None)
 
 
-def _merge(parts):
-  """Merge per-chunk reductions of one key range (each descending) into one, descending."""
-  if len(parts) == 1:
-    return parts[0]
-  keys = np.concatenate([p[0] for p in parts])
-  uniq, inv = np.unique(keys, return_inverse=True)
-  def total(i, dtype):
-    if parts[0][i] is None:
-      return None
-    return np.bincount(inv, weights=np.concatenate([p[i] for p in parts]),
-                       minlength=len(uniq)).astype(dtype)[::-1]
-  return uniq[::-1], total(1, np.int64), total(2, np.int64), total(3, np.float64)
+def _sweep_sorted(sweep, packed, weights):
+  """Feed an ascending-sorted packed array to the sweep from its top, in blocks that never split
+  the pixels of one score (a tie must stay one point of the curve)."""
+  end = len(packed)
+  while end > 0:
+    start = max(end - _BLOCK, 0)
+    if start > 0:  # move the cut down to the first pixel of that score
+      first_key = packed[start] >> np.uint64(32)
+      start = int(np.searchsorted(packed, first_key << np.uint64(32), side="left"))
+    keys, dn, dp, dw = _reduce_sorted(packed[start:end], weights)
+    sweep.update(keys_to_float(keys), dn, dp, dw)
+    end = start
 
 
 def _label_regions(mask):
@@ -186,98 +189,77 @@ def _label_regions(mask):
   return out, k
 
 
-def _chunk_aux(mask, regions, offset):
-  """Per-pixel region id in the global numbering (0 = background)."""
-  if regions is None:
-    return mask.astype(np.uint32).ravel()
-  aux = regions.astype(np.uint32)
-  aux[aux > 0] += np.uint32(offset)
-  return aux.ravel()
-
-
 def sweep_chunks(chunks, n_chunks: int, *, pro: bool = True, fpr_limit: float = 0.3,
                  budget: int = DEFAULT_BUDGET, curve_points: int = 0):
   """Exact metrics over data given as `chunks(i) -> (scores float [..], labels/masks {0,1} [..])`
-  for i < n_chunks (called several times per chunk; must return the same data each time).
-  With pro, chunks are image stacks [n, H, W] and AUPRO is computed. Returns the `_Sweep`."""
+  for i < n_chunks (called once per pass; must return the same data each time). With pro, chunks
+  are image stacks [n, H, W] and AUPRO is computed. Returns the `_Sweep` (`.result()`)."""
   if not 0 < fpr_limit <= 1:
     raise InputError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
 
-  def load(i, label_regions):
+  def load(i):
+    """(uint32 keys, uint32 region-or-label ids, region count) of chunk i, ids local to it."""
     scores, target = chunks(i)
-    scores = np.asarray(scores)
-    target = np.asarray(target)
+    scores, target = np.asarray(scores), np.asarray(target)
     if scores.shape != target.shape:
       raise InputError(f"scores {scores.shape} and ground truth {target.shape} differ in shape")
-    target = target != 0
-    regions = None
-    if pro and label_regions:
-      if target.ndim == 2:
-        target, scores = target[None], scores[None]
-      regions, counts = _label_regions(target)
-      return scores, target, regions, counts
-    return scores, target, None, None
+    keys = float_keys(scores)
+    if not pro:
+      return keys, (target != 0).astype(np.uint32).ravel(), 0
+    target = target.reshape((-1,) + target.shape[-2:]) if target.ndim >= 2 else target[None, None]
+    regions, k = _label_regions(target != 0)
+    return keys, regions.ravel(), k
 
   # Pass 1: totals, region sizes, histogram of the top 16 key bits.
   hist = np.zeros(1 << 16, np.int64)
-  n_pos = n_neg = 0
+  n_pos = n_neg = n_regions = 0
   offsets, sizes = [], [np.zeros(1, np.int64)]
-  n_regions = 0
   for i in range(n_chunks):
-    scores, target, regions, counts = load(i, True)
-    keys = float_keys(scores)
+    keys, ids, k = load(i)
     hist += np.bincount(keys >> np.uint32(16), minlength=1 << 16)
-    p = int(target.sum())
-    n_pos += p
-    n_neg += target.size - p
+    p = int(np.count_nonzero(ids))
+    n_pos, n_neg = n_pos + p, n_neg + len(ids) - p
     offsets.append(n_regions)
-    if regions is not None and counts:
-      sizes.append(np.bincount(regions.ravel(), minlength=counts + 1)[1:])
-      n_regions += counts
+    if k:
+      sizes.append(np.bincount(ids, minlength=k + 1)[1:])
+      n_regions += k
   weights = None
-  if pro:
-    # weight of a defect pixel = 1 / (number of regions * its region's size); index 0: background
+  if pro:   # weight of a defect pixel = 1 / (n_regions * its region's size); 0 for background
     sizes = np.concatenate(sizes).astype(np.float64)
     weights = np.zeros(len(sizes))
     weights[1:] = 1.0 / (max(n_regions, 1) * sizes[1:])
   sweep = _Sweep(n_pos, n_neg, n_regions, fpr_limit, curve_points, pro)
 
-  # Key ranges of at most ~budget pixels, from the highest scores down.
+  # Key ranges of at most ~budget pixels (a single 16-bit bin may exceed it), highest first.
   ranges, hi, acc = [], (1 << 16) - 1, 0
   for b in range((1 << 16) - 1, -1, -1):
+    if acc and acc + hist[b] > budget:
+      ranges.append((b + 1, hi, acc))
+      hi, acc = b, 0
     acc += hist[b]
-    if acc >= budget or b == 0:
-      if acc:
-        ranges.append((b, hi))
-      hi, acc = b - 1, 0
-  single = len(ranges) <= 1
+  if acc:
+    ranges.append((0, hi, acc))
 
-  cached = None
-  for lo_bin, hi_bin in ranges:
-    parts = []
+  # One pass per range: gather its pixels into one preallocated array, sort in place, sweep.
+  for lo_bin, hi_bin, count in ranges:
+    packed = np.empty(int(count), np.uint64)
+    fill = 0
     for i in range(n_chunks):
-      if single and n_chunks == 1 and cached is not None:
-        scores, target, regions = cached
-      else:
-        scores, target, regions, _ = load(i, True)
-        if single and n_chunks == 1:
-          cached = (scores, target, regions)
-      keys = float_keys(scores)
-      aux = _chunk_aux(target, regions, offsets[i])
-      if not single:
+      keys, ids, _ = load(i)
+      if pro and offsets[i]:
+        ids[ids > 0] += np.uint32(offsets[i])
+      if len(ranges) > 1:
         top = keys >> np.uint32(16)
         sel = (top >= lo_bin) & (top <= hi_bin)
-        keys, aux = keys[sel], aux[sel]
-      if len(keys) == 0:
-        continue
-      packed = (keys.astype(np.uint64) << np.uint64(32)) | aux.astype(np.uint64)
-      del keys, aux
-      packed.sort()
-      parts.append(_reduce_sorted(packed, weights))
-      del packed
-    if parts:
-      keys, dn, dp, dw = _merge(parts)
-      sweep.update(keys_to_float(keys), dn, dp, dw)
+        keys, ids = keys[sel], ids[sel]
+      n = len(keys)
+      np.left_shift(keys, 32, out=packed[fill:fill + n], dtype=np.uint64)
+      packed[fill:fill + n] |= ids
+      fill += n
+      del keys, ids
+    packed.sort()
+    _sweep_sorted(sweep, packed, weights)
+    del packed
   return sweep
 
 
@@ -336,7 +318,7 @@ def _stack_chunks(masks, maps, budget):
     masks, maps = masks[None], maps[None]
   if masks.ndim != 3:
     raise InputError(f"expected masks and maps [N, H, W], got {masks.shape}")
-  per = max(1, min(len(masks), budget // max(masks[0].size, 1) // 4))
+  per = max(1, min(len(masks), budget // max(masks[0].size, 1) // 8))
   n = -(-len(masks) // per)
   return (lambda i: (maps[i * per:(i + 1) * per].astype(np.float32, copy=False),
                      masks[i * per:(i + 1) * per])), n
