@@ -178,7 +178,11 @@ def load_exported(path: str) -> dict:
     path = os.path.join(path, EXPORT)
   params_dir = os.path.join(path, "params")
   if not os.path.isdir(params_dir):
-    raise CheckpointError(f"no exported params at {path}: the stage that writes them has not finished")
+    hint = "the run that writes them has not finished"
+    if os.path.basename(path) == EXPORT:
+      stage = os.path.basename(os.path.dirname(path))
+      hint = f"stage {stage!r} has not finished; train it first (--stage={stage})"
+    raise CheckpointError(f"no exported params at {path}: {hint}")
   try:
     with ocp.PyTreeCheckpointer() as ckpt:
       meta = ckpt.metadata(params_dir)

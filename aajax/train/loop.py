@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from aajax.errors import ConfigError, DataError
+from aajax.errors import AajaxError, ConfigError, DataError
 from aajax.train import checkpoint as ckpt_lib
 from aajax.train import optim
 from aajax.train.config import with_defaults
@@ -125,6 +125,17 @@ def _mean_metrics(window: list) -> dict:
   return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
+def _scalars(metrics: dict) -> dict:
+  """The scalar entries of an evaluate() result (tables or arrays it may add are not logged)."""
+  out = {}
+  for k, v in metrics.items():
+    try:
+      out[k] = float(v)
+    except (TypeError, ValueError):
+      pass
+  return out
+
+
 def _better(value: float, best: dict | None, mode: str) -> bool:
   if best is None:
     return True
@@ -137,6 +148,14 @@ def _read_done(workdir: str) -> dict | None:
       return json.load(f)
   except (OSError, json.JSONDecodeError):
     return None
+
+
+def _start_profile(config, workdir: str, step: int) -> int | None:
+  """Starts a profiler trace (each process its own) of the next `profile_steps` steps."""
+  if int(config.profile_steps) <= 0 or step >= int(config.steps):
+    return None
+  jax.profiler.start_trace(os.path.join(workdir, "profile", f"process_{jax.process_index()}"))
+  return min(step + int(config.profile_steps), int(config.steps))
 
 
 def train(task, config, workdir: str, *, mesh=None) -> TrainResult:
@@ -181,9 +200,14 @@ def _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps) -> TrainRe
                        done.get("export"), state["params"], frozen)
 
   log = _MetricsLog(workdir, step)
+  n = mesh.devices.size
+  _say(f"[{config.stage}] {n} devices in {jax.process_count()} processes; global batch {config.batch_size} "
+       f"({int(config.batch_size) // n} per device, accum {config.accum}, {config.dtype}); {steps} steps")
   data = task.train_data(config, data_state)
   train_step = make_train_step(task.loss_fn, tx, mesh, accum=config.accum, dtype=config.dtype)
   evaluate = optional(task, "evaluate")
+  if config.best_metric and evaluate is None:
+    raise ConfigError(f"best_metric={config.best_metric!r} needs a task with evaluate(); task {config.task!r} has none")
   lr_at = optim.lr_schedule(config) if optional(task, "optimizer") is None else None
   log_every, ckpt_every, eval_every = max(int(config.log_every), 1), int(config.ckpt_every), int(config.eval_every)
 
@@ -195,7 +219,7 @@ def _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps) -> TrainRe
     if evaluate is None:
       return {}
     t0 = time.time()
-    metrics = {k: float(v) for k, v in (evaluate(state["params"], frozen, config, workdir) or {}).items()}
+    metrics = _scalars(evaluate(state["params"], frozen, config, workdir) or {})
     log.write({"step": step, "split": "eval", "eval_seconds": time.time() - t0, **metrics})
     _say(f"[{config.stage}] eval at step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
     name = config.best_metric
@@ -209,7 +233,7 @@ def _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps) -> TrainRe
 
   train_metrics, eval_metrics, window = {}, {}, []
   interrupted = False
-  t_window, steps_window = None, 0
+  t_window, steps_window, profile_until = None, 0, None
   with _StopRequest() as stop:
     while step < steps:
       try:
@@ -222,11 +246,21 @@ def _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps) -> TrainRe
       if t_window is None:           # the first step includes compilation: time from its end
         jax.block_until_ready(metrics)
         t_window, steps_window = time.time(), 0
+        profile_until = _start_profile(config, workdir, step)
       else:
         steps_window += 1
+      if step == profile_until:
+        jax.block_until_ready(metrics)
+        jax.profiler.stop_trace()
+        _say(f"[{config.stage}] profiler trace of steps {step - int(config.profile_steps) + 1}..{step} in "
+             f"{os.path.join(workdir, 'profile')}")
       if step % log_every == 0 or step == steps:
         train_metrics = _mean_metrics(window)
         window = []
+        if config.stop_on_nan and not all(math.isfinite(v) for v in train_metrics.values()):
+          bad = ", ".join(f"{k}={v}" for k, v in sorted(train_metrics.items()) if not math.isfinite(v))
+          raise AajaxError(f"training diverged by step {step} ({bad}); the last checkpoint is at step "
+                           f"{ckpt.latest_step()}. Lower lr or set grad_clip, then resume or use a new workdir")
         now = time.time()
         rate = steps_window / (now - t_window) if steps_window else float("nan")
         record = {"step": step, "split": "train", **train_metrics}
@@ -249,6 +283,8 @@ def _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps) -> TrainRe
         ckpt.save(step, state, meta())
         break
 
+  if profile_until is not None and step < profile_until:
+    jax.profiler.stop_trace()
   if not interrupted:
     ckpt.save(step, state, meta())
     if evaluate is not None:

@@ -11,10 +11,13 @@ from aajax.errors import CheckpointError
 from aajax.train import checkpoint, loop, toy
 from tests.train.helpers import assert_trees_equal, toy_config
 
+# orbax's standalone checkpointers leave closed asyncio loops behind for the garbage collector
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
-def _train(workdir, **kw):
+
+def _train(workdir, mesh=None, **kw):
   defaults = dict(steps=8, ckpt_every=2, keep=2, log_every=2, eval_every=2, ckpt_async=False)
-  return loop.train(toy.ToyTask(), toy_config(**{**defaults, **kw}), str(workdir))
+  return loop.train(toy.ToyTask(), toy_config(**{**defaults, **kw}), str(workdir), mesh=mesh)
 
 
 def test_keeps_last_n_and_best(tmp_path):
@@ -93,3 +96,23 @@ def test_two_stages_second_loads_first_export(tmp_path):
   assert again["first"].step == 6 and again["second"].step == 4
   only = stages.run(c, str(tmp_path), only="second")
   assert list(only) == ["second"]
+
+
+def test_checkpoint_from_eight_devices_resumes_on_two_then_one(tmp_path):
+  from aajax.train.mesh import make_mesh
+  kw = dict(optimizer="sgd", lr=0.1, eval_every=0, export=False)
+  straight = _train(tmp_path / "straight", steps=8, **kw)
+  _train(tmp_path / "moved", steps=4, **kw)                          # 8 devices, checkpoint at 4
+  for devices, steps in ((2, 6), (1, 8)):
+    resumed = _train(tmp_path / "moved", steps=steps, **kw, mesh=make_mesh(jax.devices()[:devices]))
+    assert resumed.trainable["head"]["kernel"].sharding.mesh.devices.size == devices
+  for a, b in zip(jax.tree.leaves(jax.device_get(straight.trainable)), jax.tree.leaves(jax.device_get(resumed.trainable))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_later_stage_alone_needs_earlier_export(tmp_path):
+  from aajax.train import config as config_lib, stages
+  from tests.train.helpers import TOY
+  c = config_lib.load_config(TOY + ":two_stage")
+  with pytest.raises(CheckpointError, match=r"stage 'first' has not finished; train it first \(--stage=first\)"):
+    stages.run(c, str(tmp_path), only="second")
