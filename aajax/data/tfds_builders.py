@@ -2,8 +2,9 @@
 them back through `tfds.data_source` -- no TensorFlow anywhere.
 
 One builder, `aajax_anomaly`, with a config per data set name of aajax.data.datasets ("mvtec",
-"visa", "btad", "mpdd", "brainmri", ..., "synthetic"). The manual dir is the data set's extracted
-folder in its distribution layout (for "synthetic", none); the records come from the same readers
+"visa", "btad", "mpdd", "brainmri", ..., "synthetic"). The manual dir is the data set's folder in
+its distribution layout, or its archive (.tar[.gz|.xz|.bz2], .zip; or a folder holding only that
+archive), extracted once under <data_dir>/extracted/<name> (for "synthetic", none); the records come from the same readers
 as `load_samples`, so layouts are checked and reported the same way. Each split found in the folder
 becomes a TFDS split. Every record holds the encoded image (the original file bytes, no
 re-encoding), a binary mask (PNG, {0,1}; all zero for normal images), label, class name, defect
@@ -121,12 +122,49 @@ def prepare(name: str, manual_dir, data_dir: str):
   tfds = _tfds()
   b = builder(name, data_dir)
   if name != "synthetic":
-    if manual_dir is None or not os.path.isdir(manual_dir):
+    if manual_dir is None or not os.path.exists(manual_dir):
       raise DataError(f"manual dir {manual_dir!r} for {name} does not exist")
+    manual_dir = extract_archive(manual_dir, os.path.join(os.path.expanduser(data_dir), "extracted", name))
     _check_layout(name, manual_dir)
   b.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
   return b
+
+
+ARCHIVE_EXTS = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
+
+
+def extract_archive(manual_dir: str, dest: str) -> str:
+  """The data set folder for `manual_dir`: itself if it is an extracted tree; else the archive it
+  is (or the only thing it holds) extracted once into `dest`, descending into a lone top folder."""
+  path = manual_dir
+  if os.path.isdir(path):
+    entries = [e for e in os.listdir(path) if not e.startswith(".")]
+    if len(entries) != 1 or not entries[0].lower().endswith(ARCHIVE_EXTS):
+      return manual_dir
+    path = os.path.join(path, entries[0])
+  if not path.lower().endswith(ARCHIVE_EXTS):
+    raise DataError(f"{path} is neither a folder nor an archive ({', '.join(ARCHIVE_EXTS)})")
+  if not os.path.isdir(dest):
+    import tarfile
+    import zipfile
+    tmp = f"{dest}.incomplete{os.getpid()}"
+    try:
+      if path.lower().endswith(".zip"):
+        with zipfile.ZipFile(path) as z:
+          z.extractall(tmp)
+      else:
+        with tarfile.open(path) as t:
+          t.extractall(tmp, filter="data")   # no absolute paths, links out, devices
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, tarfile.TarError) as e:
+      import shutil
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise DataError(f"cannot extract {path}: {e}") from None
+    os.replace(tmp, dest)
+  entries = [e for e in os.listdir(dest) if not e.startswith(".")]
+  if len(entries) == 1 and os.path.isdir(os.path.join(dest, entries[0])):
+    return os.path.join(dest, entries[0])
+  return dest
 
 
 def _check_layout(name, root):

@@ -80,3 +80,20 @@ def test_errors(tmp_path):
   (tmp_path / "flat").mkdir()
   with pytest.raises(DataError, match="MVTec AD layout"):
     B.prepare("mvtec", str(tmp_path / "flat"), str(tmp_path / "data2"))
+
+
+def test_prepare_from_archive(tmp_path):
+  import tarfile
+  root = fake_trees.btad(str(tmp_path / "BTech_Dataset"))
+  archive = tmp_path / "dl" / "btad.tar.gz"
+  archive.parent.mkdir()
+  with tarfile.open(archive, "w:gz") as t:
+    t.add(root, arcname="BTech_Dataset")
+  data_dir = str(tmp_path / "data")
+  B.prepare("btad", str(archive.parent), data_dir)   # the folder that holds only the archive
+  src = B.data_source("btad", data_dir, "test")
+  assert len(src) == 8 and B.class_names("btad", data_dir) == ["01", "02"]
+  bad = tmp_path / "bad.zip"
+  bad.write_bytes(b"not a zip")
+  with pytest.raises(DataError, match="cannot extract"):
+    B.prepare("btad", str(bad), str(tmp_path / "data3"))
