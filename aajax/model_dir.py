@@ -35,6 +35,10 @@ def _ensure_builtin_kinds():
     from aajax.anomaly.config import AAConfig
     from aajax.anomaly.model import AAModel
     register_kind("aa", AAConfig.from_dict, AAModel)
+  if "moondream" not in _KINDS:
+    from aajax.vlm.config import MoondreamConfig
+    from aajax.vlm.model import MoondreamModules
+    register_kind("moondream", MoondreamConfig.from_dict, MoondreamModules)
 
 
 def save_model(path: str, kind: str, config_dict: dict, params, source: str = "", overwrite: bool = False,

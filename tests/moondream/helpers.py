@@ -44,3 +44,21 @@ def tiny_model(name: str = "tiny", seed: int = 0, **overrides):
 
 def tree_paths(params) -> list:
   return sorted("/".join(p) for p in flatten(params))
+
+
+SPECIALS = ["<|endoftext|>"] + [f"<|md_reserved_{i}|>" for i in range(9)]
+CORPUS = ["a cat sits on the mat", "two dogs run in the park", "what is in the image?", "describe the picture",
+          "the quick brown fox jumps over the lazy dog", "red green blue yellow", "how many birds are there"]
+
+
+def write_tiny_tokenizer(path: str, vocab_size: int = 300) -> str:
+  """A byte-level BPE tokenizer.json with Moondream's special tokens at ids 0..9."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+  tok.train_from_iterator(CORPUS * 20, trainer)
+  tok.save(path)
+  return path

@@ -1,0 +1,174 @@
+"""The Moondream API: caption, query, detect and point, batched, over explicit params.
+
+Functional form (what a server calls; nothing is held but compiled code):
+    fns = MoondreamFns(cfg); tok = MoondreamTokenizer.from_file(dir, cfg.tokenizer)
+    caption(fns, params, tok, images, length="normal")      -> [{"caption": str}, ...]
+    query(fns, params, tok, images, questions)               -> [{"answer": str}, ...]
+    detect(fns, params, tok, images, "cat")                  -> [{"objects": [box, ...]}, ...]
+    point(fns, params, tok, images, "cat")                   -> [{"points": [{"x", "y"}, ...]}, ...]
+Object form: `Moondream.from_pretrained(dir)` then `md.caption(image)` etc.; a single image (or
+EncodedImage of one row) gives a single dict, a list gives a list.
+
+`images` may be PIL images, arrays, or an `EncodedImage` from `encode_image` (reused across
+questions). One image with several questions, or several images with one question each, broadcast.
+Sampling: `max_tokens`, `temperature` (0 = greedy), `top_p`, `seed`; `logprobs=True` adds the
+per-token log-probabilities ("tokens", "logprobs") to each text result. `stream=True` returns a
+`{key: generator}` yielding text pieces (one row) or per-row piece lists (several rows).
+"""
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from aajax.errors import InputError
+from aajax.vlm import generate as G
+from aajax.vlm.config import MoondreamConfig
+from aajax.vlm.runtime import EncodedImage, MoondreamFns, encode_image
+from aajax.vlm.tokenizer import MoondreamTokenizer
+
+CAPTION_LENGTHS = ("short", "normal", "long")
+
+
+def _as_encoded(fns, params, images) -> EncodedImage:
+  if isinstance(images, EncodedImage):
+    return images
+  return encode_image(fns, params, list(images) if isinstance(images, (list, tuple)) else [images])
+
+
+def _broadcast(enc: EncodedImage, n_prompts: int) -> EncodedImage:
+  if enc.batch == n_prompts:
+    return enc
+  if enc.batch == 1:
+    return enc.rows([0] * n_prompts)
+  raise InputError(f"{n_prompts} prompts for {enc.batch} images: give one prompt, or one per image")
+
+
+def _sampling(max_tokens, temperature, top_p, seed) -> G.Sampling:
+  return G.Sampling(max_tokens, temperature, top_p, seed).check()
+
+
+def _text_results(tok, res: G.TextResult, key: str, logprobs: bool) -> list[dict]:
+  out = []
+  for toks, lps in zip(res.tokens, res.logprobs):
+    item = {key: tok.decode(toks)}
+    if logprobs:
+      item["tokens"], item["logprobs"] = toks, lps
+    out.append(item)
+  return out
+
+
+def _run_text(fns, params, tok, start, prompts, key, sampling, stream, logprobs):
+  if stream:  # the reference's shape: {key: generator of text pieces}
+    gen = G.stream_text(fns, params, start, prompts, sampling, tok.decode)
+    return {key: (p if len(prompts) > 1 else p[0] for p in gen)}
+  return _text_results(tok, G.generate_text(fns, params, start, prompts, sampling), key, logprobs)
+
+
+def caption(fns: MoondreamFns, params, tok: MoondreamTokenizer, images, length: str = "normal",
+            max_tokens: int = G.DEFAULT_MAX_TOKENS, temperature: float = G.DEFAULT_TEMPERATURE,
+            top_p: float = G.DEFAULT_TOP_P, seed: int = 0, stream: bool = False, logprobs: bool = False):
+  if length not in CAPTION_LENGTHS:
+    raise InputError(f"caption length must be one of {CAPTION_LENGTHS}, got {length!r}")
+  prompt = tok.caption_prompt(length)
+  enc = _as_encoded(fns, params, images)
+  return _run_text(fns, params, tok, enc, [prompt] * enc.batch, "caption",
+                   _sampling(max_tokens, temperature, top_p, seed), stream, logprobs)
+
+
+def query(fns: MoondreamFns, params, tok: MoondreamTokenizer, images, questions,
+          max_tokens: int = G.DEFAULT_MAX_TOKENS, temperature: float = G.DEFAULT_TEMPERATURE,
+          top_p: float = G.DEFAULT_TOP_P, seed: int = 0, stream: bool = False, logprobs: bool = False):
+  """images None: a text-only query (BOS + template, plain causal attention, as the reference)."""
+  questions = [questions] if isinstance(questions, str) else list(questions)
+  if not questions:
+    raise InputError("no question given")
+  prompts = [tok.query_prompt(q) for q in questions]
+  if images is None:
+    start = None
+    prompts = [[fns.cfg.tokenizer.bos_id] + p for p in prompts]
+  else:
+    enc = _as_encoded(fns, params, images)
+    if len(prompts) == 1 and enc.batch > 1:
+      prompts = prompts * enc.batch
+    start = _broadcast(enc, len(prompts))
+  return _run_text(fns, params, tok, start, prompts, "answer",
+                   _sampling(max_tokens, temperature, top_p, seed), stream, logprobs)
+
+
+def _objects(fns, params, tok, images, objects, task, max_objects):
+  objects = [objects] if isinstance(objects, str) else list(objects)
+  prompts = [tok.object_prompt(task, o) for o in objects]
+  enc = _as_encoded(fns, params, images)
+  if len(prompts) == 1 and enc.batch > 1:
+    prompts = prompts * enc.batch
+  found = G.generate_points(fns, params, _broadcast(enc, len(prompts)), prompts, task == "detect", max_objects)
+  return [{"objects" if task == "detect" else "points": f} for f in found]
+
+
+def detect(fns, params, tok, images, objects, max_objects: int = G.DEFAULT_MAX_OBJECTS):
+  return _objects(fns, params, tok, images, objects, "detect", max_objects)
+
+
+def point(fns, params, tok, images, objects, max_objects: int = G.DEFAULT_MAX_OBJECTS):
+  return _objects(fns, params, tok, images, objects, "point", max_objects)
+
+
+class Moondream:
+  """Params + tokenizer + compiled functions, with the reference's method names."""
+
+  def __init__(self, cfg: MoondreamConfig, params, tokenizer: Optional[MoondreamTokenizer] = None):
+    self.cfg, self.params, self.tokenizer = cfg, params, tokenizer
+    self.fns = MoondreamFns(cfg)
+
+  @classmethod
+  def from_pretrained(cls, path: str, dtype: Optional[str] = None, tokenizer: Optional[str] = None) -> "Moondream":
+    """A converted model directory (python -m weights_convert.moondream). dtype "bfloat16" also
+    stores the params in bf16 (half the memory; the right choice on accelerators)."""
+    import os
+    from aajax.model_dir import load_model
+    modules, params = load_model(path, expect_kind="moondream", **({"dtype": dtype} if dtype else {}))
+    cfg = modules.cfg
+    if dtype and dtype != "float32":
+      params = jax.tree.map(lambda a: jnp.asarray(a, jnp.dtype(dtype)), params)
+    tok_path = tokenizer or os.path.join(path, "tokenizer.json")
+    tok = MoondreamTokenizer.from_file(tok_path, cfg.tokenizer) if (tokenizer or os.path.exists(tok_path)) else None
+    return cls(cfg, params, tok)
+
+  def _tok(self) -> MoondreamTokenizer:
+    if self.tokenizer is None:
+      raise InputError("this model was loaded without a tokenizer.json; pass tokenizer=<path>")
+    return self.tokenizer
+
+  @staticmethod
+  def _single(images) -> bool:
+    if isinstance(images, EncodedImage):
+      return images.batch == 1
+    return not isinstance(images, (list, tuple))
+
+  def _unwrap(self, out, single: bool):
+    if isinstance(out, list) and single and len(out) == 1:
+      return out[0]
+    return out
+
+  def encode_image(self, images) -> EncodedImage:
+    return _as_encoded(self.fns, self.params, images)
+
+  def caption(self, image, length: str = "normal", stream: bool = False, **settings):
+    out = caption(self.fns, self.params, self._tok(), image, length, stream=stream, **settings)
+    return self._unwrap(out, self._single(image))
+
+  def query(self, image=None, question=None, stream: bool = False, **settings):
+    if question is None:
+      raise InputError("question must be provided")
+    single = (image is None or self._single(image)) and isinstance(question, str)
+    out = query(self.fns, self.params, self._tok(), image, question, stream=stream, **settings)
+    return self._unwrap(out, single)
+
+  def detect(self, image, object: str, max_objects: int = G.DEFAULT_MAX_OBJECTS):
+    out = detect(self.fns, self.params, self._tok(), image, object, max_objects)
+    return self._unwrap(out, self._single(image) and isinstance(object, str))
+
+  def point(self, image, object: str, max_objects: int = G.DEFAULT_MAX_OBJECTS):
+    out = point(self.fns, self.params, self._tok(), image, object, max_objects)
+    return self._unwrap(out, self._single(image) and isinstance(object, str))
+
