@@ -10,7 +10,7 @@ ground truth | prediction strips) and curves/ under --out.
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "", "a launch.train work directory (its image-stage model is used)")
@@ -48,6 +48,8 @@ def run(model_dir: str, data, out: str, batch_size: int, heatmaps: int) -> dict:
 
 def main(argv):
   del argv
+  if not FLAGS["verbosity"].present:   # orbax logs every restore at INFO
+    logging.set_verbosity(logging.WARNING)
   from aajax.anomaly.data import data_defaults
   from aajax.anomaly.exported import default_model_dir
   from aajax.errors import AajaxError

@@ -9,7 +9,7 @@
     data.eval_name / eval_root / eval_classes   evaluate on another data set ("" = the training one),
                      e.g. train on VisA, evaluate on MVTec (the zero-shot protocol)
     data.domain      "Industrial" | "Medical" for every class, or "" (each class's own domain)
-    data.synthetic   sizes of the synthetic set (seed, image_size, n_train, n_test, classes)
+    data.synthetic   sizes of the synthetic set (seed, image_size, n_train, n_test, anomaly_fraction)
 """
 import dataclasses
 
@@ -54,8 +54,7 @@ def _load(name: str, root: str, split: str, classes, synthetic) -> tuple[list, d
   from aajax.data.datasets import load_samples
   classes = tuple(classes) or None
   if name == "synthetic":
-    options = {k: v for k, v in synthetic.to_dict().items() if k != "classes"}
-    classes = tuple(synthetic.get("classes", ())) or classes
+    options = synthetic.to_dict()
   else:
     options = {}
     if not root:
