@@ -74,7 +74,7 @@ def export_state(params, rows: Iterable, transforms: dict) -> dict:
   checkpoints in the original formats (demo, tests).
   """
   flat = flatten(params)
-  return {name: np.ascontiguousarray(transforms[transform][1](np.asarray(flat[path])))
+  return {name: np.array(transforms[transform][1](np.asarray(flat[path])), order="C")
           for path, name, transform in rows}
 
 

@@ -52,6 +52,7 @@ def train_defaults() -> ml_collections.ConfigDict:
   c.best_metric = ""          # a key of the task's evaluate() metrics; "" = no best checkpoint
   c.best_mode = "max"         # max | min
   c.export = True             # write <workdir>/export (final trainable params) at the end
+  c.stop_on_nan = True        # a non-finite logged metric stops the run with an error
   c.profile_steps = 0         # > 0: JAX profiler trace of that many steps after the first, in <workdir>/profile
   return c
 

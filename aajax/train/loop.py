@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from aajax.errors import ConfigError, DataError
+from aajax.errors import AajaxError, ConfigError, DataError
 from aajax.train import checkpoint as ckpt_lib
 from aajax.train import optim
 from aajax.train.config import with_defaults
@@ -125,6 +125,17 @@ def _mean_metrics(window: list) -> dict:
   return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
+def _scalars(metrics: dict) -> dict:
+  """The scalar entries of an evaluate() result (tables or arrays it may add are not logged)."""
+  out = {}
+  for k, v in metrics.items():
+    try:
+      out[k] = float(v)
+    except (TypeError, ValueError):
+      pass
+  return out
+
+
 def _better(value: float, best: dict | None, mode: str) -> bool:
   if best is None:
     return True
@@ -195,6 +206,8 @@ def _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps) -> TrainRe
   data = task.train_data(config, data_state)
   train_step = make_train_step(task.loss_fn, tx, mesh, accum=config.accum, dtype=config.dtype)
   evaluate = optional(task, "evaluate")
+  if config.best_metric and evaluate is None:
+    raise ConfigError(f"best_metric={config.best_metric!r} needs a task with evaluate(); task {config.task!r} has none")
   lr_at = optim.lr_schedule(config) if optional(task, "optimizer") is None else None
   log_every, ckpt_every, eval_every = max(int(config.log_every), 1), int(config.ckpt_every), int(config.eval_every)
 
@@ -206,7 +219,7 @@ def _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps) -> TrainRe
     if evaluate is None:
       return {}
     t0 = time.time()
-    metrics = {k: float(v) for k, v in (evaluate(state["params"], frozen, config, workdir) or {}).items()}
+    metrics = _scalars(evaluate(state["params"], frozen, config, workdir) or {})
     log.write({"step": step, "split": "eval", "eval_seconds": time.time() - t0, **metrics})
     _say(f"[{config.stage}] eval at step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
     name = config.best_metric
@@ -244,6 +257,10 @@ def _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps) -> TrainRe
       if step % log_every == 0 or step == steps:
         train_metrics = _mean_metrics(window)
         window = []
+        if config.stop_on_nan and not all(math.isfinite(v) for v in train_metrics.values()):
+          bad = ", ".join(f"{k}={v}" for k, v in sorted(train_metrics.items()) if not math.isfinite(v))
+          raise AajaxError(f"training diverged by step {step} ({bad}); the last checkpoint is at step "
+                           f"{ckpt.latest_step()}. Lower lr or set grad_clip, then resume or use a new workdir")
         now = time.time()
         rate = steps_window / (now - t_window) if steps_window else float("nan")
         record = {"step": step, "split": "train", **train_metrics}

@@ -118,3 +118,9 @@ def test_warmup_cosine():
   np.testing.assert_allclose(values[:4], [0.25, 0.5, 0.75, 1.0], rtol=1e-6)
   assert values[4] == pytest.approx(1.0) and values[14] == pytest.approx(0.0, abs=1e-6)
   assert all(a >= b for a, b in zip(values[4:], values[5:]))
+
+
+def test_divergence_stops_with_a_clear_error(tmp_path):
+  from aajax.errors import AajaxError
+  with pytest.raises(AajaxError, match=r"training diverged by step 5 \(.*loss=(nan|inf)"):
+    loop.train(toy.ToyTask(), toy_config(steps=20, lr=1e30, optimizer="sgd", log_every=5, ckpt_every=0), str(tmp_path))
