@@ -12,7 +12,7 @@
 """
 import ml_collections
 
-from aajax.anomaly.tasks import aa_defaults
+from aajax.anomaly.tasks import aa_defaults, paper_recipe
 from aajax.train.config import train_defaults
 
 DATASETS = ("synthetic", "mvtec", "visa", "btad", "mpdd", "brainmri", "liverct", "retina", "jsonl")
@@ -52,14 +52,11 @@ def get_config(arg=None):
     c.stage_image = ml_collections.ConfigDict(dict(steps=200, batch_size=8, lr=2e-3, ckpt_every=100,
                                                    best_metric="pixel_auroc"))
   elif a["size"] == "so400m":
+    paper_recipe(c)
     c.model.backbone = "siglip-so400m-patch14-384"
     c.model.image_size = 378
-    c.model.text_adapt_until = 3
-    c.stage_text = ml_collections.ConfigDict(dict(steps=5 * 136, batch_size=16, lr=1e-5, ckpt_every=136))
-    c.stage_image = ml_collections.ConfigDict(dict(
-        steps=15 * 1081, batch_size=2, lr=5e-4, schedule="multistep", milestones=(16000, 32000), gamma=0.5,
-        ckpt_every=1081, best_metric="pixel_auroc", remat=True))
-    c.stage_image.model = ml_collections.ConfigDict({"remat": True})
+    c.data.name = "visa" if a["data"] == "synthetic" else a["data"]
+    c.data.eval_name = a["eval"] or "mvtec"
   else:
     raise ValueError(f"unknown size {a['size']!r}: use no argument (the demo) or 'so400m'")
   return c

@@ -45,7 +45,7 @@ def batch_anchors(model: AAModel, params, prompt_ids, class_id, context=None, rn
   if context is None:
     table = model.apply({"params": params}, prompt_ids, NUM_NORMAL, method=AAModel.text_anchors)
     return table[class_id]
-  return model.apply({"params": params}, prompt_ids[class_id], NUM_NORMAL, context, deterministic,
+  return model.apply({"params": params}, jnp.asarray(prompt_ids)[class_id], NUM_NORMAL, context, deterministic,
                      method=AAModel.text_anchors, rngs=rngs)
 
 

@@ -98,3 +98,17 @@ def test_last_level_only_switch_backpropagates_only_the_last_level():
   last, m_last = task.loss_fn(trainable, frozen, batch, None)
   assert float(m_last["seg_loss"]) < float(m_sum["seg_loss"])
   assert float(m_sum["seg_loss"]) > 3 * float(m_last["seg_loss"])   # four levels summed
+
+
+def test_cross_attention_variant_trains_both_stages(tmp_path):
+  """Stage 1 trains text adapters + cross-attention (dropout on); stage 2 builds class prototypes."""
+  config = tiny_config()
+  config.model.cross_attention = True
+  config.model.cross_attn_heads = 2
+  mesh = make_mesh(jax.devices()[:1])
+  before, state, metrics = one_step(config, "text", mesh)
+  assert sorted(before) == ["cross_attn", "text_adapters_0", "text_proj"]
+  assert np.isfinite(metrics["loss"])
+  exports = {"text": checkpoint.export_params(str(tmp_path), state["params"])}
+  _, _, metrics = one_step(config, "image", mesh, exports)
+  assert np.isfinite(metrics["loss"])
