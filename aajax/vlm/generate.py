@@ -52,9 +52,12 @@ def _round_up(n: int, m: int) -> int:
 
 
 def prefill_prompts(fns: MoondreamFns, params, start: Optional[EncodedImage], prompts: list[list[int]],
-                    extra: int):
+                    extra: int, spatial: Optional[list] = None):
   """Prefill per-row prompts after the image prefix (or from scratch when start is None) into a cache
-  with room for `extra` more positions. Returns (prefill output, cache size)."""
+  with room for `extra` more positions. Returns (prefill output, cache size).
+
+  spatial: per row None or (offset, refs): the placeholder ids at prompt[offset:] get the region
+  encodings of the refs' coordinates and sizes instead of token embeddings (as the reference)."""
   cfg = fns.cfg
   b = len(prompts)
   lengths = np.array([len(p) for p in prompts], np.int32)
@@ -79,8 +82,36 @@ def prefill_prompts(fns: MoondreamFns, params, start: Optional[EncodedImage], pr
   for i, p in enumerate(prompts):
     tokens[i, :len(p)] = p
   emb = fns.steps.embed(params["text"], jnp.asarray(tokens))
+  if spatial and any(spatial):
+    emb = _place_spatial(fns, params, emb, tokens, spatial)
   out = fns.steps.prefill(params["text"], emb, cache, jnp.asarray(lengths))
   return out, size
+
+
+def _place_spatial(fns, params, emb, tokens, spatial):
+  from aajax.vlm.tokenizer import spatial_values
+  coords, sizes, coord_at, size_at = [], [], [], []
+  tc = fns.cfg.tokenizer
+  for row, item in enumerate(spatial):
+    if not item:
+      continue
+    offset, refs = item
+    c, s = spatial_values(refs)
+    n = len(c) + len(s)
+    ids = tokens[row, offset:offset + n]
+    coord_at += [(row, offset + j) for j in np.nonzero(ids == tc.coord_id)[0]]
+    size_at += [(row, offset + j) for j in np.nonzero(ids == tc.size_id)[0]]
+    coords += c
+    sizes += s
+  c_emb, s_emb = fns.encode_values(params, jnp.asarray(coords, jnp.float32).reshape(-1, 1),
+                                   jnp.asarray(sizes, jnp.float32).reshape(-1, 2))
+  if coord_at:
+    r, c = np.array(coord_at).T
+    emb = emb.at[r, c].set(c_emb.astype(emb.dtype))
+  if size_at:
+    r, c = np.array(size_at).T
+    emb = emb.at[r, c].set(s_emb.astype(emb.dtype))
+  return emb
 
 
 @dataclasses.dataclass
@@ -90,13 +121,13 @@ class TextResult:
 
 
 def generate_tokens(fns: MoondreamFns, params, start: Optional[EncodedImage], prompts: list[list[int]],
-                    sampling: Sampling) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                    sampling: Sampling, spatial=None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Yields (tokens [B], logprobs [B], emitted [B] bool) per step: the batch's next tokens, and which
   rows emitted one (rows stop at eos, max_tokens or the end of the context)."""
   cfg, tok_cfg = fns.cfg, fns.cfg.tokenizer
   sampling = sampling.check()
   b = len(prompts)
-  out, size = prefill_prompts(fns, params, start, prompts, sampling.max_tokens)
+  out, size = prefill_prompts(fns, params, start, prompts, sampling.max_tokens, spatial)
   cache = out["cache"]
   temperature = jnp.full((b,), sampling.temperature, jnp.float32)
   top_p = jnp.full((b,), sampling.top_p, jnp.float32)
@@ -124,9 +155,9 @@ def generate_tokens(fns: MoondreamFns, params, start: Optional[EncodedImage], pr
     cache, tokens, logprobs = out["cache"], out["tokens"], out["logprobs"]
 
 
-def generate_text(fns, params, start, prompts, sampling) -> TextResult:
+def generate_text(fns, params, start, prompts, sampling, spatial=None) -> TextResult:
   res = TextResult([[] for _ in prompts], [[] for _ in prompts])
-  for toks, lps, active in generate_tokens(fns, params, start, prompts, sampling):
+  for toks, lps, active in generate_tokens(fns, params, start, prompts, sampling, spatial):
     for i in np.nonzero(active)[0]:
       res.tokens[i].append(int(toks[i]))
       res.logprobs[i].append(float(lps[i]))
@@ -167,10 +198,10 @@ class StreamText:
     return self.decode(self.cache)[self.printed:]
 
 
-def stream_text(fns, params, start, prompts, sampling, decode) -> Iterator[list[str]]:
+def stream_text(fns, params, start, prompts, sampling, decode, spatial=None) -> Iterator[list[str]]:
   """Yields, per step, a list with each row's newly printable text ("" when nothing new)."""
   streams = [StreamText(decode) for _ in prompts]
-  for toks, _, active in generate_tokens(fns, params, start, prompts, sampling):
+  for toks, _, active in generate_tokens(fns, params, start, prompts, sampling, spatial):
     pieces = [streams[i].push(int(toks[i])) if active[i] else "" for i in range(len(prompts))]
     if any(pieces):
       yield pieces

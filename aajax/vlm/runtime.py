@@ -53,6 +53,7 @@ class MoondreamFns:
     self.project = jax.jit(lambda p, g, l: vision.apply({"params": p}, g, l, method=VisionEncoder.project))
     self._region = region
     self.read_coord = jax.jit(self._read_coord)
+    self.encode_values = jax.jit(self._encode_values)
     self.read_size = jax.jit(self._read_size)
 
   @functools.lru_cache(maxsize=64)
@@ -67,6 +68,10 @@ class MoondreamFns:
 
   def region(self, params, method, *args):
     return self._region.apply({"params": params["region"]}, *args, method=getattr(RegionModel, method))
+
+  def _encode_values(self, params, coords, sizes):
+    """coords [n, 1], sizes [m, 2] -> their embeddings (spatial references in prompts)."""
+    return self.region(params, "encode_coordinate", coords), self.region(params, "encode_size", sizes)
 
   def _read_coord(self, params, hidden):
     """Raw hidden [B, dim] -> (coordinate [B], its embedding [B, dim] to feed back)."""
