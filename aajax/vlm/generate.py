@@ -53,8 +53,9 @@ def _round_up(n: int, m: int) -> int:
 
 def prefill_prompts(fns: MoondreamFns, params, start: Optional[EncodedImage], prompts: list[list[int]],
                     extra: int, spatial: Optional[list] = None):
-  """Prefill per-row prompts after the image prefix (or from scratch when start is None) into a cache
-  with room for `extra` more positions. Returns (prefill output, cache size).
+  """Prefill per-row prompts after what `start` holds (the image prefix, or any earlier turn; rows
+  may be at different positions), or from scratch when start is None, into a cache with room for
+  `extra` more positions. Returns (prefill output, cache size).
 
   spatial: per row None or (offset, refs): the placeholder ids at prompt[offset:] get the region
   encodings of the refs' coordinates and sizes instead of token embeddings (as the reference)."""
@@ -63,11 +64,11 @@ def prefill_prompts(fns: MoondreamFns, params, start: Optional[EncodedImage], pr
   lengths = np.array([len(p) for p in prompts], np.int32)
   if (lengths == 0).any():
     raise InputError("empty prompt")
-  base = 0 if start is None else cfg.prefix_len
+  base = 0 if start is None else int(np.asarray(start.cache["length"]).max())
   longest = base + int(lengths.max())
   if longest > cfg.text.max_context:
     raise InputError(f"prompt of {int(lengths.max())} tokens does not fit the context of {cfg.text.max_context} "
-                     f"({base} taken by the image)")
+                     f"({base} positions already taken)")
   t_pad = min(_round_up(int(lengths.max()), PROMPT_BUCKET), cfg.text.max_context - base)
   size = min(_round_up(base + t_pad + extra, CACHE_BUCKET), cfg.text.max_context)
   size = max(size, base + t_pad)
@@ -245,3 +246,66 @@ def generate_points(fns: MoondreamFns, params, start: EncodedImage, prompts: lis
     counts = np.array([len(r) for r in results])
     active &= (np.asarray(jnp.argmax(o["logits"], -1)) != eos) & (counts < max_objects)
   return results
+
+
+@dataclasses.dataclass
+class Reasoning:
+  text: str
+  grounding: list  # [{"start_idx", "end_idx", "points": [(x, y), ...]}]
+
+
+def generate_reasoning(fns: MoondreamFns, params, start: EncodedImage, prompts: list[list[int]],
+                       sampling: Sampling, decode, spatial=None) -> tuple[EncodedImage, list[Reasoning]]:
+  """The reasoning phase of a query (prompt ending in the thinking id), batched.
+
+  Runs until the answer id (or max_tokens); eos and size ids are banned. A sampled coordinate id is
+  fed back as the encoding of the coordinate read from the current hidden state, and recorded;
+  ids 7 / 9 open a new grounding chunk; consecutive coordinates of a chunk pair up into points.
+  Returns the cache after the reasoning (for the answer phase) and each row's text and grounding.
+  (The reference, when the very first token is a coordinate, reads it from the whole prompt's hidden
+  states and fails; here it is read from the last prompt position like every later one.)"""
+  tc = fns.cfg.tokenizer
+  sampling = sampling.check()
+  b = len(prompts)
+  out, size = prefill_prompts(fns, params, start, prompts, sampling.max_tokens, spatial)
+  cache, hidden = out["cache"], out["hidden"]
+  temperature = jnp.full((b,), sampling.temperature, jnp.float32)
+  top_p = jnp.full((b,), sampling.top_p, jnp.float32)
+  key, sub = jax.random.split(jax.random.PRNGKey(sampling.seed))
+  _, tokens, _ = fns.steps.sample(out["logits"], sub, temperature, top_p)
+  chunks = [[[]] for _ in range(b)]
+  coords = [[[]] for _ in range(b)]
+  budget = np.minimum(sampling.max_tokens, size - np.asarray(cache["length"]))
+  emitted, active = np.zeros((b,), np.int64), np.ones((b,), bool)
+  banned = tuple(i for i in (tc.eos_id, tc.size_id) if i is not None)
+  while True:
+    toks = np.asarray(tokens)
+    active &= (toks != tc.answer_id) & (emitted < budget)
+    if not active.any():
+      break
+    values, emb = fns.reasoning_inputs(params, tokens, hidden)
+    values = np.asarray(values)
+    for i in np.nonzero(active)[0]:
+      if toks[i] in (tc.start_ground_points_id, tc.end_ground_id):
+        chunks[i].append([])
+        coords[i].append([])
+      chunks[i][-1].append(int(toks[i]))
+      if toks[i] == tc.coord_id:
+        coords[i][-1].append(float(values[i]))
+    emitted += active
+    o = fns.steps.decode(params["text"], emb, cache, jnp.asarray(active))
+    cache, hidden = o["cache"], o["hidden"]
+    key, sub = jax.random.split(key)
+    _, tokens, _ = fns.steps.sample(o["logits"], sub, temperature, top_p, banned=banned)
+  return EncodedImage(cache), [_reasoning(decode, c, g) for c, g in zip(chunks, coords)]
+
+
+def _reasoning(decode, chunks, coords) -> Reasoning:
+  texts = [decode(c) for c in chunks]
+  grounding, start = [], 0
+  for text, cs in zip(texts, coords):
+    if len(cs) > 1:
+      points = [(cs[j], cs[j + 1]) for j in range(0, len(cs) - len(cs) % 2, 2)]
+      grounding.append({"start_idx": start, "end_idx": start + len(text), "points": points})
+    start += len(text)
+  return Reasoning("".join(texts), grounding)

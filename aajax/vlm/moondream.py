@@ -78,18 +78,22 @@ def caption(fns: MoondreamFns, params, tok: MoondreamTokenizer, images, length: 
 def query(fns: MoondreamFns, params, tok: MoondreamTokenizer, images, questions,
           max_tokens: int = G.DEFAULT_MAX_TOKENS, temperature: float = G.DEFAULT_TEMPERATURE,
           top_p: float = G.DEFAULT_TOP_P, seed: int = 0, stream: bool = False, logprobs: bool = False,
-          spatial_refs=None):
+          spatial_refs=None, reasoning: bool = False):
   """images None: a text-only query (BOS + template, plain causal attention, as the reference).
 
   spatial_refs: points (x, y) / boxes (x_min, y_min, x_max, y_max) the question refers to; one list
-  for a single question, or one list (or None) per question."""
+  for a single question, or one list (or None) per question.
+  reasoning: first generate the model's reasoning (ending at the answer id), returned as
+  {"reasoning": {"text", "grounding"}} next to the answer (starmie-generation models)."""
   questions = [questions] if isinstance(questions, str) else list(questions)
   if not questions:
     raise InputError("no question given")
   if spatial_refs and images is None:
     raise InputError("spatial_refs can only be used with an image")
   per_row = _per_question(spatial_refs, len(questions))
-  prompts = [tok.query_prompt(q, r) for q, r in zip(questions, per_row)]
+  if reasoning and images is None:
+    raise InputError("reasoning needs an image")
+  prompts = [tok.query_prompt(q, r, reasoning) for q, r in zip(questions, per_row)]
   spatial = [(tok.spatial_offset(), r) if r else None for r in per_row]
   if images is None:
     start = None
@@ -99,8 +103,16 @@ def query(fns: MoondreamFns, params, tok: MoondreamTokenizer, images, questions,
     if len(prompts) == 1 and enc.batch > 1:
       prompts, spatial = prompts * enc.batch, spatial * enc.batch
     start = _broadcast(enc, len(prompts))
-  return _run_text(fns, params, tok, start, prompts, "answer",
-                   _sampling(max_tokens, temperature, top_p, seed), stream, logprobs, spatial)
+  sampling = _sampling(max_tokens, temperature, top_p, seed)
+  if reasoning:
+    start, thoughts = G.generate_reasoning(fns, params, start, prompts, sampling, tok.decode, spatial)
+    answers = _run_text(fns, params, tok, start, [[tok.cfg.answer_id]] * len(prompts), "answer", sampling,
+                        stream, logprobs)
+    extra = [{"reasoning": {"text": r.text, "grounding": r.grounding}} for r in thoughts]
+    if stream:
+      return {**extra[0], **answers} if len(extra) == 1 else {"reasoning": [e["reasoning"] for e in extra], **answers}
+    return [{**e, **a} for e, a in zip(extra, answers)]
+  return _run_text(fns, params, tok, start, prompts, "answer", sampling, stream, logprobs, spatial)
 
 
 def _per_question(refs, n: int) -> list:

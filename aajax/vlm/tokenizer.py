@@ -47,14 +47,19 @@ class MoondreamTokenizer:
       raise InputError(f"unknown caption length {length!r}; this model has {sorted(t)}")
     return list(t[length])
 
-  def query_prompt(self, question: str, spatial_refs=None) -> list[int]:
-    """prefix + one placeholder per spatial value + question + suffix. A point (x, y) takes two
-    coordinate ids, a box (x_min, y_min, x_max, y_max) two coordinate ids and a size id; the
-    placeholders start right after the prefix (see `spatial_offset`)."""
+  def query_prompt(self, question: str, spatial_refs=None, reasoning: bool = False) -> list[int]:
+    """prefix + one placeholder per spatial value + question + suffix (+ the thinking id when
+    reasoning). A point (x, y) takes two coordinate ids, a box (x_min, y_min, x_max, y_max) two
+    coordinate ids and a size id; the placeholders start right after the prefix (`spatial_offset`)."""
     if not isinstance(question, str) or not question.strip():
       raise InputError("the question is empty")
     t = self._template("query")
-    suffix = list(t["suffix"]) * (2 if self.cfg.query_double_suffix else 1)
+    if reasoning:
+      if self.cfg.thinking_id is None:
+        raise InputError("this model's tokenizer generation has no reasoning (thinking) token")
+      suffix = list(t["suffix"]) + [self.cfg.thinking_id]
+    else:
+      suffix = list(t["suffix"]) * (2 if self.cfg.query_double_suffix else 1)
     return list(t["prefix"]) + self.spatial_tokens(spatial_refs or []) + self.encode(question) + suffix
 
   def spatial_offset(self) -> int:

@@ -303,3 +303,36 @@ def test_moondream3_training_names_are_read():
   assert any(".gate." in k for k in out) and any("tau_wqwv" in k for k in out)
   _, got = conv.convert_state(out, cfg)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), got, params)
+
+
+def test_reasoning_grounding_matches_reference(md):
+  """With the coordinate id made the likeliest token, every reasoning step reads a coordinate from
+  the hidden state and feeds its encoding back: compare those coordinates with the reference loop."""
+  cfg, params, state = tiny_model("tiny")
+  tc, steps_n = cfg.tokenizer, 4
+  state, params = dict(state), jax.tree.map(lambda a: a, params)
+  bias = state["text.lm_head.bias"].copy()
+  bias[tc.coord_id] = 50.0
+  state["text.lm_head.bias"] = params["text"]["lm_head"]["bias"] = bias
+  img, question = image(11), "how many birds are there"
+  from aajax.vlm import moondream as api
+  with jax.default_matmul_precision("highest"):
+    got = api.query(md.fns, params, md.tokenizer, [img], question, reasoning=True, temperature=0.0,
+                    max_tokens=steps_n)[0]
+  crops, tiling = C.overlap_crop_image(C.to_rgb(img), cfg.vision)
+  with torch.no_grad():
+    img_tok = ref.image_tokens(state, cfg.vision, torch.from_numpy(C.normalize(crops)).permute(0, 3, 1, 2), tiling)
+    prompt = md.tokenizer.query_prompt(question, reasoning=True)
+    assert prompt[-2:] == [tc.answer_id, tc.thinking_id]
+    seq = torch.cat([ref.embed(state, [tc.bos_id]), img_tok, ref.embed(state, prompt)])[None]
+    values = []
+    for _ in range(steps_n):
+      h = ref.text_hidden(state, cfg.text, seq, cfg.prefix_len)[0, -1]
+      if _ == 0:
+        assert int(ref.text_logits(state, h).argmax()) == tc.coord_id
+      v = ref.decode_head(state, "coord_decoder", h, True).argmax() / cfg.region.coord_out_dim
+      values.append(float(v))
+      seq = torch.cat([seq, ref.encode_coordinate(state, v.reshape(1, 1, 1))], 1)
+  assert got["reasoning"]["grounding"] == [{"start_idx": 0, "end_idx": len(got["reasoning"]["text"]),
+                                            "points": [(values[0], values[1]), (values[2], values[3])]}]
+  assert isinstance(got["answer"], str)
