@@ -34,7 +34,7 @@ def block_engine(live):
 
 
 def test_concurrent_requests_share_steps_and_match_single_runs(live, client):
-  bodies = [body(live, i) for i in range(8)]
+  bodies = [body(live, i) for i in range(live.engine.max_batch)]
   alone = [client.chat.completions.create(**b) for b in bodies]
   before = live.engine.stats()
   release = block_engine(live)  # let the whole burst queue up, so it is admitted together
@@ -46,7 +46,7 @@ def test_concurrent_requests_share_steps_and_match_single_runs(live, client):
   after = live.engine.stats()
   steps = after["decode_steps"] - before["decode_steps"]
   rows = after["batched_rows"] - before["batched_rows"]
-  assert rows / steps > 4, (rows, steps)  # eight requests decoded side by side
+  assert rows / steps > live.engine.max_batch / 2, (rows, steps)  # the requests decoded side by side
   for a, t in zip(alone, together):
     assert a.choices[0].message.content == t.choices[0].message.content
     assert a.usage.completion_tokens == t.usage.completion_tokens
