@@ -3,13 +3,14 @@
 Phases (each: compile time apart, then the median of --runs timed runs):
   vision   image encoding of --images images of 2 crops (378 px): ours vs transformers
            `SiglipVisionModel` of the same shape (so400m/14, no head; Moondream's tower is that ViT)
-  prefill  BOS + 729 image tokens + a --prompt token prompt at each --batch: ours (prefix-LM mask,
-           KV cache written) vs transformers `PhiForCausalLM` with its cache
-  decode   --tokens greedy steps with the KV cache after the prefill, at each --batch, tokens/s
+  prefill  BOS + 729 image tokens + a --prompt token prompt at each --prefill_batch: ours (prefix-LM
+           mask, KV cache written) vs transformers `PhiForCausalLM` with its cache
+  decode   --tokens greedy steps at each --batch, every row continuing the same prefilled prefix
+           (the cache repeated), the host reading each step's tokens; tokens/s
 The two implementations run in separate subprocesses one after the other (so each one's peak
 memory is its own); the JSON also records the CPU time other processes used meanwhile.
 
-  python -m benchmarks.decoder [--config moondream2] [--batch 1 8] [--tokens 32] [--runs 3]
+  python -m benchmarks.decoder [--config moondream2] [--batch 1 8] [--prefill_batch 1 8] [--tokens 32] [--runs 3]
                                [--out benchmarks/results/decoder.json]
 """
 import argparse
@@ -89,19 +90,20 @@ def run_jax(cfg, args):
   res["vision"] = timed(lambda: fns.encode_crops(params["vision"], crops).block_until_ready(), args.runs)
   steps, p = fns.steps, params["text"]
   t = cfg.prefix_len + args.prompt
-  for b in args.batch:
-    x = jnp.asarray(np.random.default_rng(1).standard_normal((b, t, tc.dim)), jnp.float32)
-    size = t + args.tokens
+  size = t + args.tokens
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((max(args.prefill_batch), t, tc.dim)), jnp.float32)
 
-    def prefill():
-      cache = kvc.init_cache(tc.n_layers, b, size, tc.n_kv_heads, tc.head_dim)
-      return steps.prefill(p, x, cache, prefix_len=cfg.prefix_len)
-    res[f"prefill_b{b}"] = timed(lambda: prefill()["logits"].block_until_ready(), args.runs)
-    first = prefill()
-    key = jax.random.PRNGKey(0)
-
+  def prefill(b):
+    cache = kvc.init_cache(tc.n_layers, b, size, tc.n_kv_heads, tc.head_dim)
+    return steps.prefill(p, x[:b], cache, prefix_len=cfg.prefix_len)
+  for b in args.prefill_batch:
+    res[f"prefill_b{b}"] = timed(lambda: prefill(b)["logits"].block_until_ready(), args.runs)
+  first = prefill(1)
+  key = jax.random.PRNGKey(0)
+  for b in args.batch:  # decode rows start from the same prefilled prefix
     def decode():
-      cache, tok = jax.tree.map(jnp.copy, first["cache"]), jnp.argmax(first["logits"], -1).astype(jnp.int32)
+      cache = kvc.repeat_cache(first["cache"], b)
+      tok = jnp.repeat(jnp.argmax(first["logits"], -1).astype(jnp.int32), b)
       for _ in range(args.tokens):
         out = steps.decode_tokens(p, tok, cache, key, 0.0, 1.0)
         cache, tok = out["cache"], out["tokens"]
@@ -126,19 +128,20 @@ def run_torch(cfg, args):
   phi = phi_model(state, tc)
   hf_cfg = phi.config
   t = cfg.prefix_len + args.prompt
+  x = torch.from_numpy(np.random.default_rng(1).standard_normal((max(args.prefill_batch), t, tc.dim)).astype(np.float32))
+
+  def prefill(b):
+    out = phi(inputs_embeds=x[:b], past_key_values=DynamicCache(config=hf_cfg), use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], out.past_key_values
+  for b in args.prefill_batch:
+    res[f"prefill_b{b}"] = timed(lambda: prefill(b), args.runs)
+  logits, cache0 = prefill(1)
   for b in args.batch:
-    x = torch.from_numpy(np.random.default_rng(1).standard_normal((b, t, tc.dim)).astype(np.float32))
-
-    def prefill():
-      cache = DynamicCache(config=hf_cfg)
-      out = phi(inputs_embeds=x, past_key_values=cache, use_cache=True, logits_to_keep=1)
-      return out.logits[:, -1], out.past_key_values
-    res[f"prefill_b{b}"] = timed(prefill, args.runs)
-    logits, cache0 = prefill()
-
     def decode():
       import copy
-      cache, tok = copy.deepcopy(cache0), logits.argmax(-1, keepdim=True)
+      cache = copy.deepcopy(cache0)
+      cache.batch_repeat_interleave(b)
+      tok = logits.argmax(-1, keepdim=True).repeat_interleave(b, 0)
       for _ in range(args.tokens):
         out = phi(input_ids=tok, past_key_values=cache, use_cache=True)
         cache, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
@@ -177,7 +180,8 @@ def summarise(results, args):
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--config", default="moondream2")
-  ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+  ap.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="decode batch sizes")
+  ap.add_argument("--prefill_batch", type=int, nargs="+", default=[1, 8])
   ap.add_argument("--images", type=int, default=1, help="images of 2 crops in the vision phase")
   ap.add_argument("--prompt", type=int, default=16, help="prompt tokens after the 730 image prefix")
   ap.add_argument("--tokens", type=int, default=32, help="decode steps")

@@ -8,6 +8,8 @@ Layouts read (torch `[out, in]` weights, transposed here):
   * HF release names, `model.` prefix stripped: `vision.*`, `text.*`, `region.*` (Moondream 2, 0.5B, 3).
   * Legacy training names (`vision_encoder.encoder.model.visual.*`, `text_model.transformer.h.*`,
     `region_model.*`), with `._orig_mod` infixes; their Fourier feature matrices are stored transposed.
+    Moondream 3 training names too: `h.i.gate` (router), `h.i.mlp.experts` / `output_experts`,
+    `h.i.tau_wq` / `tau_wv` / `tau_alpha` (or a fused `tau_wqwv`), `region_model.{coordinate,size}_head`.
   * The int4 at-rest format (`<linear>.weight.{packed,scale,zero_point}`), dequantised here.
 Without --config the generation is inferred from the tensors (MoE experts -> moondream3, 1024-wide
 text -> moondream05, otherwise moondream2); the tokenizer generation and size scale of an older
@@ -127,16 +129,6 @@ class LazyState(Mapping):
   def shape(self, name) -> tuple:
     return tuple(self._shapes[name])
 
-  def renamed(self, name_map: dict, transforms: dict | None = None) -> "LazyState":
-    """New names (old -> new), optionally with a function applied on read."""
-    transforms = transforms or {}
-    loaders, shapes = {}, {}
-    for old, new in name_map.items():
-      f = transforms.get(old)
-      loaders[new] = self._loaders[old] if f is None else (lambda old=old, f=f: f(self._loaders[old]()))
-      shapes[new] = self._shapes[old] if f is None else f(np.empty(self._shapes[old], np.uint8)).shape
-    return LazyState(loaders, shapes)
-
 
 def as_lazy(state) -> LazyState:
   if isinstance(state, LazyState):
@@ -177,33 +169,51 @@ _LEGACY_PREFIXES = [
     ("region_model.coordinate_decoder.", "region.coord_decoder."),
     ("region_model.size_encoder.", "region.size_encoder."),
     ("region_model.size_decoder.", "region.size_decoder."),
+    # Moondream 3 training names (M87's inference engine): region heads and their LayerNorm
+    ("region_model.coordinate_head.", "region.coord_decoder."),
+    ("region_model.size_head.", "region.size_decoder."),
+    ("region_model.ln.", "region.ln."),
 ]
 _LEGACY_INFIXES = [(".norm1.", ".ln1."), (".norm2.", ".ln2."), (".mixer.Wqkv.", ".attn.qkv."),
-                   (".mixer.out_proj.", ".attn.proj.")]
+                   (".mixer.out_proj.", ".attn.proj."),
+                   # Moondream 3 training names: router, experts, tau
+                   (".gate.", ".mlp.router."), (".mlp.experts.weight", ".mlp.fc1.weight"),
+                   (".mlp.output_experts.weight", ".mlp.fc2.weight"), (".tau_wq", ".attn.tau.wq"),
+                   (".tau_wv", ".attn.tau.wv"), (".tau_alpha", ".attn.tau.alpha")]
 
 
 def normalise_names(state) -> LazyState:
   """Any supported layout -> HF release names (`vision.*`, `text.*`, `region.*`)."""
   state = as_lazy(state)
-  name_map, transforms = {}, {}
+  loaders, shapes = {}, {}
+
+  def add(name, key, loader, shape):
+    if name in loaders:
+      raise CheckpointError(f"checkpoint holds {name!r} twice (as {key!r} and another name)")
+    loaders[name], shapes[name] = loader, shape
+
   for key in state:
     name = key.replace("._orig_mod", "")
     if name.startswith("model."):
       name = name[len("model."):]
+    load, shape = (lambda key=key: state[key]), state.shape(key)
     if name in ("region_model.coordinate_features.weight", "region_model.size_features.weight"):
-      transforms[key] = lambda a: a.T  # legacy [F, k] -> [k, F]
+      load, shape = (lambda key=key: state[key].T), shape[::-1]  # legacy [F, k] -> [k, F]
       name = "region.coord_features" if "coordinate" in name else "region.size_features"
     for old, new in _LEGACY_PREFIXES:
       if name.startswith(old):
         name = new + name[len(old):]
-        if name.startswith(("vision.blocks.", "text.blocks.")):
-          for a, b in _LEGACY_INFIXES:
-            name = name.replace(a, b)
         break
-    if name in name_map.values():
-      raise CheckpointError(f"checkpoint holds {name!r} twice (as {key!r} and another name)")
-    name_map[key] = name
-  return state.renamed(name_map, transforms)
+    if name.startswith("text.blocks.") and name.endswith(".tau_wqwv"):  # fused: wq rows, then wv rows
+      base, h = name[:-len(".tau_wqwv")], shape[0] // 2
+      add(f"{base}.attn.tau.wq", key, lambda key=key, h=h: state[key][:h], (h,) + shape[1:])
+      add(f"{base}.attn.tau.wv", key, lambda key=key, h=h: state[key][h:], (h,) + shape[1:])
+      continue
+    if name.startswith(("vision.blocks.", "text.blocks.")):
+      for a, b in _LEGACY_INFIXES:
+        name = name.replace(a, b)
+    add(name, key, load, shape)
+  return LazyState(loaders, shapes)
 
 
 def dequantize_int4(packed, scale, zero_point, shape):
@@ -309,24 +319,25 @@ def read_checkpoint(src: str) -> LazyState:
 
 
 def convert_state(state, cfg: MoondreamConfig | None = None, source: str = "checkpoint"):
-  """Flat checkpoint state (dict or LazyState) -> (config, nested float32 params)."""
+  """Flat checkpoint state (dict or LazyState) -> (config, nested float32 params as jax arrays)."""
   from weights_convert.common import apply_table
   state = normalise_names(state)
   cfg = cfg or infer_config(state)
   check_generation(state, cfg, source)
   state = dequantize_state(state, cfg)
   params = apply_table(state, moondream_rows(cfg), expected_params_shapes(cfg), TRANSFORMS, source)
-  return cfg, _contiguous(params)
+  return cfg, _to_device(params)
 
 
-def _contiguous(tree):
-  """Transposed views -> contiguous arrays, one leaf at a time (each view's base is freed as soon
-  as it is copied), so that writing the checkpoint needs no second copy of the whole model."""
+def _to_device(tree):
+  """Host views -> device arrays, one leaf at a time (each host tensor is freed once copied):
+  peak memory stays at one model, and orbax writes device arrays without another copy."""
+  import jax
   for key, leaf in tree.items():
     if isinstance(leaf, dict):
-      _contiguous(leaf)
+      _to_device(leaf)
     else:
-      tree[key] = np.ascontiguousarray(leaf)
+      tree[key] = jax.device_put(np.ascontiguousarray(leaf))
   return tree
 
 

@@ -51,8 +51,10 @@ class AAMoondreamConfig:
     return self.moondream.vision.grid
 
   @property
-  def lora_scale(self) -> float:
-    return self.lora_alpha / self.lora_rank
+  def lora(self):
+    """The decoder's LoRA (`aajax.nn.lora`): rank, alpha and the adapted layers."""
+    from aajax.nn.lora import LoraConfig
+    return LoraConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=self.lora_targets)
 
   def replace(self, **kw) -> "AAMoondreamConfig":
     return dataclasses.replace(self, **kw)

@@ -51,15 +51,15 @@ def element_embeddings(cfg: MoondreamConfig, params, kind, token, value):
   return jnp.where(kind == qa_lib.TOKEN, tok, jnp.where(kind == qa_lib.COORD, coord, size)).astype(tok.dtype)
 
 
-def _lora_scope(lora, scale):
-  return lora_lib.unmerged(lora, scale) if lora else contextlib.nullcontext()
+def _lora_scope(lora, lora_cfg):
+  return lora_lib.lora_applied(lora, lora_cfg) if lora else contextlib.nullcontext()
 
 
-def sequence_hidden(cfg: MoondreamConfig, params, crops, seq, lora=None, lora_scale: float = 1.0):
+def sequence_hidden(cfg: MoondreamConfig, params, crops, seq, lora=None, lora_cfg=None):
   """Raw decoder hidden states [B, T, dim] of the item elements (after the image prefix)."""
   prefix = jax.lax.stop_gradient(image_prefix(cfg, params, crops))
   x = jnp.concatenate([prefix, element_embeddings(cfg, params, seq["kind"], seq["token"], seq["value"])], axis=1)
-  with _lora_scope(lora, lora_scale):
+  with _lora_scope(lora, lora_cfg):
     hidden = TextDecoder(cfg.text).apply({"params": params["text"]}, x, prefix_len=cfg.prefix_len)["hidden"]
   return hidden[:, prefix.shape[1]:]
 
@@ -73,9 +73,10 @@ def _masked_ce(logits, targets):
   return jnp.where(n > 0, (ce * valid).sum() / jnp.maximum(n, 1), 0.0), n, correct
 
 
-def sequence_losses(cfg: MoondreamConfig, params, crops, seq, lora=None, lora_scale: float = 1.0):
-  """(loss, metrics): token CE + region CE (coordinates and sizes, each bin read counted once)."""
-  hidden = sequence_hidden(cfg, params, crops, seq, lora, lora_scale)
+def sequence_losses(cfg: MoondreamConfig, params, crops, seq, lora=None, lora_cfg=None):
+  """(loss, metrics): token CE + region CE (coordinates and sizes, each bin read counted once).
+  `lora` (an `aajax.nn.lora` tree over the decoder params, with its `lora_cfg`) runs unmerged."""
+  hidden = sequence_hidden(cfg, params, crops, seq, lora, lora_cfg)
   logits = TextDecoder(cfg.text).apply({"params": params["text"]}, hidden, method=TextDecoder.logits)
   token_ce, n_tok, correct = _masked_ce(logits, seq["t_token"])
   region = RegionModel(cfg.region)

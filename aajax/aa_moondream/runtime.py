@@ -31,7 +31,7 @@ class AAMoondreamRuntime:
     self.model = AAMoondream(cfg)
     base = trained.moondream
     self.has_lora = lora and trained.lora is not None
-    text = lora_lib.merge(base["text"], trained.lora, cfg.lora_scale) if self.has_lora else base["text"]
+    text = lora_lib.merge(base["text"], trained.lora, cfg.lora) if self.has_lora else base["text"]
     self.params = {**base, "text": text}
     self.head_params = None if trained.head is None else {**trained.head, "vision": base["vision"]}
     kind = trained.source.get("kind")

@@ -54,7 +54,7 @@ class AAMoondreamTask:
     self.head = load_exported(anomaly_export) if anomaly_export else None
     self.source = sources.make_source(self.source_spec(), self.model, self.head_params())
     self.contexts = self.contexts_for(self.split.samples)
-    lora = lora_lib.init_lora(self.base["text"], self.cfg.lora_targets, self.cfg.lora_rank, lora_rng)
+    lora = lora_lib.init_lora(lora_rng, self.base["text"], self.cfg.lora)
     return {"moondream": self.base}, {"lora": lora}
 
   def source_spec(self) -> dict:
@@ -76,7 +76,7 @@ class AAMoondreamTask:
     if self.config.stage == "anomaly":
       return objectives.anomaly_loss(self.model, {**frozen, **trainable}, batch)
     return qa_model.sequence_losses(self.cfg.moondream, frozen["moondream"], batch["images"], batch,
-                                    trainable["lora"], self.cfg.lora_scale)
+                                    trainable["lora"], self.cfg.lora)
 
   def _loader(self, samples, batch_size, shuffle, seed=0, augment=False, class_names=None):
     from aajax.data.loader import Loader
@@ -210,7 +210,7 @@ def qa_metrics(task, lora, moondream, samples, batch_size: int, n_items: int) ->
   rows, items = qa_items(task, samples, n_items, with_context=getattr(task, "source", None) is not None)
   arrays = qa_lib.pad_sequences(items, task.config.qa.max_len)
   crops = np.stack([preprocess(samples[i].load_image(), cfg.image_size, NORM) for i, _ in rows])
-  fn = jax.jit(lambda l, p, x, s: qa_model.sequence_losses(cfg.moondream, p, x, s, l, cfg.lora_scale)[1])
+  fn = jax.jit(lambda l, p, x, s: qa_model.sequence_losses(cfg.moondream, p, x, s, l, cfg.lora)[1])
   totals, count = {}, 0
   for start in range(0, len(rows), batch_size):
     sl = slice(start, start + batch_size)

@@ -1,21 +1,22 @@
-"""Low-rank adaptation (LoRA) of any Flax model, on its parameter tree.
+"""LoRA for any Flax model built from `nn.Dense` layers, without touching the model's code.
 
-A LoRA tree mirrors the params tree down to the adapted Dense layers and holds, for each one,
-`{"a": [in, r], "b": [r, out]}`: the layer computes `x W + scale * (x A) B`, scale = alpha / r.
-`b` starts at zero, so a fresh LoRA leaves the model unchanged.
+    lora = init_lora(rng, params, LoraConfig(rank=16, alpha=16, targets=(r"attn/(qkv|proj)$",)))
+    with lora_applied(lora, cfg, rng=dropout_rng):     # unmerged: y = x W + b + s * drop(x) A B
+      out = model.apply({"params": params}, x)
+    merged = merge(params, lora, cfg)                    # W + s * A B: same outputs, no extra work
 
-Two equal ways to run an adapted model, neither touching the model's code:
-  * `merge(params, lora, scale)`: W + scale * A B written into a copy of the params (inference: the
-    adapted model costs what the base model costs, and any code taking params runs it);
-  * `with unmerged(lora, scale): model.apply(...)`: the low-rank path added to the outputs of the
-    matching Dense layers through `flax.linen.intercept_methods` (training: gradients reach only
-    A and B, and no weight-sized update is formed).
+The adapters are a separate pytree mirroring the path of every targeted Dense layer
+({"blocks_0": {"attn": {"qkv": {"a": [in, r], "b": [r, out]}}}}), so the base params stay frozen and
+only the adapters reach the optimizer. `lora_applied` intercepts the Dense calls of a model applied
+as the top-level module (paths are relative to the params tree given to `init_lora`).
 
-Which layers: `init_lora(params, patterns, ...)` adapts every 2-D `kernel` whose module path
-('/'-joined, e.g. "blocks_3/attn/qkv") matches one of the regexes (re.search). Paths are relative
-to the params tree given, i.e. to the module that is applied.
+Math and initialisation follow PEFT's `lora.Linear`: scale s = alpha / rank (alpha / sqrt(rank) with
+`rslora`), A Kaiming-uniform (a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in))), B zeros, so training
+starts from the base model exactly; dropout acts on the adapter's input only.
 """
 import contextlib
+import dataclasses
+import math
 import re
 
 import flax.linen as nn
@@ -23,79 +24,121 @@ import jax
 import jax.numpy as jnp
 
 from aajax.errors import ConfigError
-from aajax.params import flatten, unflatten
 
 
-def target_paths(params, patterns) -> list[tuple]:
-  """Module paths (tuples) of the Dense layers whose '/'-joined path matches any regex."""
-  try:
-    compiled = [re.compile(p) for p in patterns]
-  except re.error as e:
-    raise ConfigError(f"bad LoRA target regex: {e}") from None
-  out = []
-  for path, leaf in flatten(params).items():
-    if path[-1] == "kernel" and getattr(leaf, "ndim", 0) == 2:
-      module = path[:-1]
-      if any(c.search("/".join(module)) for c in compiled):
-        out.append(module)
-  return sorted(out)
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  rank: int = 16
+  alpha: float = 16.0
+  dropout: float = 0.0
+  targets: tuple = (r"attn/(qkv|proj)$",)   # regexes (re.search) over '/'-joined Dense layer paths
+  rslora: bool = False
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
 
 
-def init_lora(params, patterns, rank: int, rng, dtype=jnp.float32) -> dict:
-  """A fresh LoRA tree: A ~ N(0, 1/in) (kaiming-like, as the usual init), B = 0."""
-  paths = target_paths(params, patterns)
-  if not paths:
-    raise ConfigError(f"no Dense kernel matches the LoRA targets {tuple(patterns)}")
-  if rank < 1:
-    raise ConfigError(f"LoRA rank must be >= 1, got {rank}")
-  flat_params = flatten(params)
-  flat = {}
-  for i, path in enumerate(paths):
-    d_in, d_out = flat_params[path + ("kernel",)].shape
-    a = jax.random.normal(jax.random.fold_in(rng, i), (d_in, rank), dtype) * d_in ** -0.5
-    flat[path + ("a",)] = a
-    flat[path + ("b",)] = jnp.zeros((rank, d_out), dtype)
-  return unflatten(flat)
+def _dense_layers(params, prefix=()):
+  """(path tuple, kernel) of every Dense-like layer: a dict holding a 2-D "kernel"."""
+  if not isinstance(params, dict):
+    return
+  kernel = params.get("kernel")
+  if kernel is not None and getattr(kernel, "ndim", 0) == 2:
+    yield prefix, kernel
+  for name in sorted(params):
+    if isinstance(params[name], dict):
+      yield from _dense_layers(params[name], prefix + (name,))
 
 
-def _modules(lora) -> dict:
-  """{module path tuple: {"a", "b"}} of a LoRA tree."""
-  flat = flatten(lora)
-  return {path[:-1]: {"a": flat[path[:-1] + ("a",)], "b": flat[path]} for path in flat if path[-1] == "b"}
+def target_paths(params, cfg: LoraConfig) -> list:
+  patterns = []
+  for p in cfg.targets:
+    try:
+      patterns.append(re.compile(p))
+    except re.error as e:
+      raise ConfigError(f"bad LoRA target regex {p!r}: {e}") from None
+  return [(path, k) for path, k in _dense_layers(params) if any(c.search("/".join(path)) for c in patterns)]
 
 
-def merge(params, lora, scale: float):
-  """params with every adapted kernel replaced by W + scale * A B (in the kernel's dtype)."""
-  flat = dict(flatten(params))
-  for module, ab in _modules(lora).items():
-    key = module + ("kernel",)
-    if key not in flat:
-      raise ConfigError(f"LoRA layer {'/'.join(module)} has no kernel in these params")
-    w = flat[key]
-    delta = (ab["a"].astype(jnp.float32) @ ab["b"].astype(jnp.float32)) * scale
-    flat[key] = (w.astype(jnp.float32) + delta).astype(w.dtype)
-  return unflatten(flat)
+def init_lora(rng, params, cfg: LoraConfig) -> dict:
+  """Adapters for every Dense layer of `params` matched by `cfg.targets` (at least one must match)."""
+  if cfg.rank < 1:
+    raise ConfigError(f"LoRA rank must be >= 1, got {cfg.rank}")
+  found = target_paths(params, cfg)
+  if not found:
+    names = ", ".join("/".join(p) for p, _ in _dense_layers(params)) or "none"
+    raise ConfigError(f"LoRA targets {cfg.targets} match no Dense layer; layers: {names}")
+  out = {}
+  for i, (path, kernel) in enumerate(found):
+    fan_in, fan_out = kernel.shape
+    bound = 1.0 / math.sqrt(fan_in)
+    node = out
+    for name in path:
+      node = node.setdefault(name, {})
+    node["a"] = jax.random.uniform(jax.random.fold_in(rng, i), (fan_in, cfg.rank), jnp.float32, -bound, bound)
+    node["b"] = jnp.zeros((cfg.rank, fan_out), jnp.float32)
+  return out
+
+
+def _adapter_at(lora, path):
+  node = lora
+  for name in path:
+    if not isinstance(node, dict) or name not in node:
+      return None
+    node = node[name]
+  return node if isinstance(node, dict) and "a" in node else None
+
+
+def adapter_paths(lora, prefix=()) -> list:
+  if isinstance(lora, dict) and "a" in lora:
+    return [prefix]
+  return [p for k in sorted(lora) for p in adapter_paths(lora[k], prefix + (k,))] if isinstance(lora, dict) else []
+
+
+def lora_delta(x, adapter, scale: float):
+  a, b = adapter["a"].astype(x.dtype), adapter["b"].astype(x.dtype)
+  return ((x @ a) @ b) * jnp.asarray(scale, x.dtype)
 
 
 @contextlib.contextmanager
-def unmerged(lora, scale: float):
-  """Within the block, applying a module adds scale * (x A) B to its matching Dense outputs."""
-  table = _modules(lora)
+def lora_applied(lora, cfg: LoraConfig, rng=None):
+  """Within the block, Dense layers with an adapter add s * dropout(x) A B to their output.
+
+  Dropout needs `rng` (no rng: deterministic, as at evaluation). Each layer draws its own mask from
+  rng folded with the layer's index in `adapter_paths` order, so a step's randomness is reproducible.
+  """
+  index = {p: i for i, p in enumerate(adapter_paths(lora))}
 
   def interceptor(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
+    y = next_fun(*args, **kwargs)
     if context.method_name != "__call__" or not isinstance(context.module, nn.Dense):
-      return out
-    ab = table.get(tuple(context.module.path))
-    if ab is None:
-      return out
-    x = args[0]
-    low = (x @ ab["a"].astype(x.dtype)) @ ab["b"].astype(x.dtype)
-    return out + (scale * low).astype(out.dtype)
+      return y
+    path = tuple(context.module.path)
+    adapter = _adapter_at(lora, path)
+    if adapter is None:
+      return y
+    x = args[0] if args else kwargs["inputs"]
+    if cfg.dropout > 0 and rng is not None:
+      keep = 1.0 - cfg.dropout
+      mask = jax.random.bernoulli(jax.random.fold_in(rng, index[path]), keep, x.shape)
+      x = jnp.where(mask, x / keep, 0).astype(x.dtype)
+    return y + lora_delta(x, adapter, cfg.scale).astype(y.dtype)
 
   with nn.intercept_methods(interceptor):
     yield
 
 
-def num_params(lora) -> int:
-  return sum(x.size for x in jax.tree.leaves(lora))
+def merge(params, lora, cfg: LoraConfig):
+  """params with each adapted kernel replaced by W + s * A B (for export and fast inference)."""
+  def walk(p, node):
+    if isinstance(node, dict) and "a" in node:
+      kernel = p["kernel"]
+      delta = (node["a"].astype(jnp.float32) @ node["b"].astype(jnp.float32)) * cfg.scale
+      return {**p, "kernel": (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)}
+    return {k: walk(v, node[k]) if k in node else v for k, v in p.items()}
+  return walk(params, lora)
+
+
+def count(tree) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(tree))

@@ -53,6 +53,8 @@ class MoondreamFns:
     self.project = jax.jit(lambda p, g, l: vision.apply({"params": p}, g, l, method=VisionEncoder.project))
     self._region = region
     self.read_coord = jax.jit(self._read_coord)
+    self.encode_values = jax.jit(self._encode_values)
+    self.reasoning_inputs = jax.jit(self._reasoning_inputs)
     self.read_size = jax.jit(self._read_size)
 
   @functools.lru_cache(maxsize=64)
@@ -68,10 +70,22 @@ class MoondreamFns:
   def region(self, params, method, *args):
     return self._region.apply({"params": params["region"]}, *args, method=getattr(RegionModel, method))
 
+  def _encode_values(self, params, coords, sizes):
+    """coords [n, 1], sizes [m, 2] -> their embeddings (spatial references in prompts)."""
+    return self.region(params, "encode_coordinate", coords), self.region(params, "encode_size", sizes)
+
   def _read_coord(self, params, hidden):
     """Raw hidden [B, dim] -> (coordinate [B], its embedding [B, dim] to feed back)."""
     coord = coordinate_from_logits(self.region(params, "decode_coordinate", hidden))
     return coord, self.region(params, "encode_coordinate", coord[:, None])
+
+  def _reasoning_inputs(self, params, tokens, hidden):
+    """Next decoder inputs while reasoning: the token embedding, except that a coordinate id is
+    replaced by the encoding of the coordinate read from `hidden`. -> (coordinates [B], [B, dim])."""
+    coord, coord_emb = self._read_coord(params, hidden)
+    tok_emb = self.steps._embed(params["text"], tokens)
+    is_coord = (tokens == self.cfg.tokenizer.coord_id)[:, None]
+    return coord, jnp.where(is_coord, coord_emb.astype(tok_emb.dtype), tok_emb)
 
   def _read_size(self, params, hidden):
     """Raw hidden [B, dim] -> ((w, h) [B, 2], its embedding [B, dim])."""

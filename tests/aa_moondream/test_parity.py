@@ -146,12 +146,12 @@ def test_qa_sequence_loss_matches_torch():
            qa_lib.build_item(tok, "detect", 1, "stain", boxes, bins)]
   seq = qa_lib.pad_sequences(items, 24)
   crops = batch(cfg)["images"]
-  ab = lora.init_lora(md["text"], cfg.lora_targets, cfg.lora_rank, jax.random.PRNGKey(1))
+  ab = lora.init_lora(jax.random.PRNGKey(1), md["text"], cfg.lora)
   ab = jax.tree.map(lambda x: x + 0.1, ab)
   with HIGHEST:
     loss, metrics = qa_model.sequence_losses(mc, md, jnp.asarray(crops), {k: jnp.asarray(v) for k, v in seq.items()},
-                                             ab, cfg.lora_scale)
-  merged = {**md, "text": jax.tree.map(np.asarray, lora.merge(md["text"], ab, cfg.lora_scale))}
+                                             ab, cfg.lora)
+  merged = {**md, "text": jax.tree.map(np.asarray, lora.merge(md["text"], ab, cfg.lora))}
   state = params_to_state(merged, mc)
   # torch: image prefix (single crop: project [tokens | tokens]), elements, decoder, heads
   x = t(crops).permute(0, 3, 1, 2)
