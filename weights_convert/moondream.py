@@ -8,6 +8,8 @@ Layouts read (torch `[out, in]` weights, transposed here):
   * HF release names, `model.` prefix stripped: `vision.*`, `text.*`, `region.*` (Moondream 2, 0.5B, 3).
   * Legacy training names (`vision_encoder.encoder.model.visual.*`, `text_model.transformer.h.*`,
     `region_model.*`), with `._orig_mod` infixes; their Fourier feature matrices are stored transposed.
+    Moondream 3 training names too: `h.i.gate` (router), `h.i.mlp.experts` / `output_experts`,
+    `h.i.tau_wq` / `tau_wv` / `tau_alpha` (or a fused `tau_wqwv`), `region_model.{coordinate,size}_head`.
   * The int4 at-rest format (`<linear>.weight.{packed,scale,zero_point}`), dequantised here.
 Without --config the generation is inferred from the tensors (MoE experts -> moondream3, 1024-wide
 text -> moondream05, otherwise moondream2); the tokenizer generation and size scale of an older
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import Callable, Iterator
 
 import numpy as np
@@ -106,6 +109,51 @@ def moondream_rows(cfg: MoondreamConfig) -> list[Row]:
   return list(vision_rows(cfg)) + list(text_rows(cfg)) + list(region_rows(cfg))
 
 
+# -- lazily read checkpoints --------------------------------------------------------------------
+class LazyState(Mapping):
+  """{name: tensor} whose tensors are read (as float32 numpy, ints kept) only when indexed, so a
+  conversion holds the output params plus one tensor, not the whole checkpoint twice."""
+
+  def __init__(self, loaders: dict, shapes: dict):
+    self._loaders, self._shapes = loaders, shapes
+
+  def __getitem__(self, name):
+    return self._loaders[name]()
+
+  def __iter__(self):
+    return iter(self._loaders)
+
+  def __len__(self):
+    return len(self._loaders)
+
+  def shape(self, name) -> tuple:
+    return tuple(self._shapes[name])
+
+
+def as_lazy(state) -> LazyState:
+  if isinstance(state, LazyState):
+    return state
+  return LazyState({k: (lambda v=v: np.asarray(v)) for k, v in state.items()},
+                   {k: np.shape(v) for k, v in state.items()})
+
+
+def lazy_safetensors(path: str) -> LazyState:
+  from safetensors import SafetensorError, safe_open
+  from weights_convert.common import require_file
+  require_file(path, "safetensors file")
+  try:
+    with safe_open(path, framework="pt") as f:
+      shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+  except (SafetensorError, OSError, ValueError) as e:
+    raise CheckpointError(f"cannot read safetensors file {path}: {e}") from None
+
+  def load(name):
+    with safe_open(path, framework="pt") as f:
+      t = f.get_tensor(name)
+    return (t.float() if t.is_floating_point() else t).numpy()
+  return LazyState({k: (lambda k=k: load(k)) for k in shapes}, shapes)
+
+
 # -- name normalisation -------------------------------------------------------------------------
 _LEGACY_PREFIXES = [
     ("vision_encoder.encoder.model.visual.patch_embed.linear.", "vision.patch_emb."),
@@ -121,33 +169,51 @@ _LEGACY_PREFIXES = [
     ("region_model.coordinate_decoder.", "region.coord_decoder."),
     ("region_model.size_encoder.", "region.size_encoder."),
     ("region_model.size_decoder.", "region.size_decoder."),
+    # Moondream 3 training names (M87's inference engine): region heads and their LayerNorm
+    ("region_model.coordinate_head.", "region.coord_decoder."),
+    ("region_model.size_head.", "region.size_decoder."),
+    ("region_model.ln.", "region.ln."),
 ]
 _LEGACY_INFIXES = [(".norm1.", ".ln1."), (".norm2.", ".ln2."), (".mixer.Wqkv.", ".attn.qkv."),
-                   (".mixer.out_proj.", ".attn.proj.")]
+                   (".mixer.out_proj.", ".attn.proj."),
+                   # Moondream 3 training names: router, experts, tau
+                   (".gate.", ".mlp.router."), (".mlp.experts.weight", ".mlp.fc1.weight"),
+                   (".mlp.output_experts.weight", ".mlp.fc2.weight"), (".tau_wq", ".attn.tau.wq"),
+                   (".tau_wv", ".attn.tau.wv"), (".tau_alpha", ".attn.tau.alpha")]
 
 
-def normalise_names(state: dict) -> dict:
+def normalise_names(state) -> LazyState:
   """Any supported layout -> HF release names (`vision.*`, `text.*`, `region.*`)."""
-  out = {}
-  for key, value in state.items():
+  state = as_lazy(state)
+  loaders, shapes = {}, {}
+
+  def add(name, key, loader, shape):
+    if name in loaders:
+      raise CheckpointError(f"checkpoint holds {name!r} twice (as {key!r} and another name)")
+    loaders[name], shapes[name] = loader, shape
+
+  for key in state:
     name = key.replace("._orig_mod", "")
     if name.startswith("model."):
       name = name[len("model."):]
-    if name == "region_model.coordinate_features.weight":  # legacy [128, 1] -> [1, 128]
-      name, value = "region.coord_features", value.T
-    elif name == "region_model.size_features.weight":     # legacy [256, 2] -> [2, 256]
-      name, value = "region.size_features", value.T
+    load, shape = (lambda key=key: state[key]), state.shape(key)
+    if name in ("region_model.coordinate_features.weight", "region_model.size_features.weight"):
+      load, shape = (lambda key=key: state[key].T), shape[::-1]  # legacy [F, k] -> [k, F]
+      name = "region.coord_features" if "coordinate" in name else "region.size_features"
     for old, new in _LEGACY_PREFIXES:
       if name.startswith(old):
         name = new + name[len(old):]
-        if name.startswith(("vision.blocks.", "text.blocks.")):
-          for a, b in _LEGACY_INFIXES:
-            name = name.replace(a, b)
         break
-    if name in out:
-      raise CheckpointError(f"checkpoint holds {name!r} twice (as {key!r} and another name)")
-    out[name] = value
-  return out
+    if name.startswith("text.blocks.") and name.endswith(".tau_wqwv"):  # fused: wq rows, then wv rows
+      base, h = name[:-len(".tau_wqwv")], shape[0] // 2
+      add(f"{base}.attn.tau.wq", key, lambda key=key, h=h: state[key][:h], (h,) + shape[1:])
+      add(f"{base}.attn.tau.wv", key, lambda key=key, h=h: state[key][h:], (h,) + shape[1:])
+      continue
+    if name.startswith(("vision.blocks.", "text.blocks.")):
+      for a, b in _LEGACY_INFIXES:
+        name = name.replace(a, b)
+    add(name, key, load, shape)
+  return LazyState(loaders, shapes)
 
 
 def dequantize_int4(packed, scale, zero_point, shape):
@@ -158,21 +224,23 @@ def dequantize_int4(packed, scale, zero_point, shape):
   return w.reshape(shape)
 
 
-def dequantize_state(state: dict, cfg: MoondreamConfig) -> dict:
-  """Replace every `X.weight.{packed,scale,zero_point}` triple by a float `X.weight`."""
-  shapes = {name: shape for name, shape in expected_state_shapes(cfg).items()}
-  out = dict(state)
+def dequantize_state(state: LazyState, cfg: MoondreamConfig) -> LazyState:
+  """Replace every `X.weight.{packed,scale,zero_point}` triple by a float `X.weight` (read lazily)."""
+  shapes = expected_state_shapes(cfg)
+  loaders = {k: (lambda k=k: state[k]) for k in state}
+  out_shapes = {k: state.shape(k) for k in state}
   for key in [k for k in state if k.endswith(".weight.packed")]:
     base = key[:-len(".packed")]
-    parts = [f"{base}.scale", f"{base}.zero_point"]
-    if any(p not in state for p in parts):
+    parts = [key, f"{base}.scale", f"{base}.zero_point"]
+    if any(p not in loaders for p in parts):
       raise CheckpointError(f"int4 tensor {base} lacks its scale or zero_point")
     if base not in shapes:
       raise CheckpointError(f"int4 tensor {base} is not a weight of this model")
-    out[base] = dequantize_int4(state[key], state[parts[0]], state[parts[1]], shapes[base])
-    for k in [key] + parts:
-      del out[k]
-  return out
+    for p in parts:
+      del loaders[p], out_shapes[p]
+    loaders[base] = lambda p=parts, shape=shapes[base]: dequantize_int4(*(state[k] for k in p), shape)
+    out_shapes[base] = shapes[base]
+  return LazyState(loaders, out_shapes)
 
 
 # -- shapes and inference of the generation -----------------------------------------------------
@@ -195,7 +263,7 @@ def infer_config(state: dict) -> MoondreamConfig:
   if any(k.endswith(".mlp.router.weight") for k in state):
     n_layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("text.blocks."))
     return get_config("moondream3") if n_layers == 24 else _reduced_md3(n_layers)
-  if state["text.wte"].shape[1] == 1024:
+  if state.shape("text.wte")[1] == 1024:
     return get_config("moondream05")
   return get_config("moondream2")
 
@@ -214,16 +282,16 @@ def check_generation(state: dict, cfg: MoondreamConfig, source: str):
     want = "Moondream 3" if cfg.text.moe is not None else "Moondream 2 / 0.5B"
     raise CheckpointError(f"{source} is a {found} checkpoint but the config is {want}; "
                           f"pass the matching --config")
-  wte = state.get("text.wte")
-  if wte is not None and wte.shape[1] != cfg.text.dim:
-    raise CheckpointError(f"{source} has text width {wte.shape[1]} but the config has {cfg.text.dim} "
+  width = state.shape("text.wte")[1] if "text.wte" in state else cfg.text.dim
+  if width != cfg.text.dim:
+    raise CheckpointError(f"{source} has text width {width} but the config has {cfg.text.dim} "
                           f"(Moondream 0.5B is 1024, Moondream 2/3 2048); pass the matching --config")
 
 
 # -- reading ------------------------------------------------------------------------------------
-def read_checkpoint(src: str) -> dict:
-  """A `.safetensors` file, a shard index, or a directory holding either -> flat numpy state."""
-  from weights_convert.common import read_safetensors, require_file
+def read_checkpoint(src: str) -> LazyState:
+  """A `.safetensors` file, a shard index, a `.pt`, or a directory holding one -> lazy flat state."""
+  from weights_convert.common import read_torch_state, require_file
   require_file(src, "Moondream checkpoint")
   if os.path.isdir(src):
     for name in ("model.safetensors.index.json", "model.safetensors"):
@@ -237,27 +305,40 @@ def read_checkpoint(src: str) -> dict:
     try:
       with open(src) as f:
         shards = sorted(set(json.load(f)["weight_map"].values()))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, OSError) as e:
       raise CheckpointError(f"corrupt shard index {src}: {e}") from None
-    state = {}
+    loaders, shapes = {}, {}
     for shard in shards:
-      state.update(read_safetensors(os.path.join(os.path.dirname(src), shard)))
-    return state
+      part = lazy_safetensors(os.path.join(os.path.dirname(src), shard))
+      loaders.update({k: (lambda k=k, part=part: part[k]) for k in part})
+      shapes.update({k: part.shape(k) for k in part})
+    return LazyState(loaders, shapes)
   if src.endswith((".pt", ".pth", ".bin")):
-    from weights_convert.common import read_torch_state
-    return read_torch_state(src)
-  return read_safetensors(src)
+    return as_lazy(read_torch_state(src))
+  return lazy_safetensors(src)
 
 
-def convert_state(state: dict, cfg: MoondreamConfig | None = None, source: str = "checkpoint"):
-  """Flat checkpoint state -> (config, nested float32 params)."""
+def convert_state(state, cfg: MoondreamConfig | None = None, source: str = "checkpoint"):
+  """Flat checkpoint state (dict or LazyState) -> (config, nested float32 params as jax arrays)."""
   from weights_convert.common import apply_table
   state = normalise_names(state)
   cfg = cfg or infer_config(state)
   check_generation(state, cfg, source)
   state = dequantize_state(state, cfg)
   params = apply_table(state, moondream_rows(cfg), expected_params_shapes(cfg), TRANSFORMS, source)
-  return cfg, params
+  return cfg, _to_device(params)
+
+
+def _to_device(tree):
+  """Host views -> device arrays, one leaf at a time (each host tensor is freed once copied):
+  peak memory stays at one model, and orbax writes device arrays without another copy."""
+  import jax
+  for key, leaf in tree.items():
+    if isinstance(leaf, dict):
+      _to_device(leaf)
+    else:
+      tree[key] = jax.device_put(np.ascontiguousarray(leaf))
+  return tree
 
 
 def params_to_state(params, cfg: MoondreamConfig, dtype=np.float32) -> dict:

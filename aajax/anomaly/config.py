@@ -77,9 +77,11 @@ class AAConfig:
 
 def recipe_for_depth(depth: int) -> dict:
   """AA-CLIP's layout scaled to a tower's depth: adapters on the first quarter of the blocks,
-  four levels evenly spaced ending at the last block, DPAM from the end of the adapted blocks.
-  24 blocks -> levels 6/12/18/24 (the paper); 27 (So400m) -> 7/14/21/27; 12 (B/16) -> 3/6/9/12."""
-  step = -(-depth // 4)
+  four levels at the ends of the four quarters (rounded up, so they stay distinct), DPAM from the
+  end of the adapted blocks. 24 blocks -> levels 6/12/18/24 (the paper); 27 (So400m) -> 7/14/21/27;
+  12 (B/16) -> 3/6/9/12; 6 -> 2/3/5/6."""
+  if depth < 4:
+    raise ConfigError(f"AA-CLIP taps four levels; a {depth}-block tower is too shallow")
+  levels = tuple(-(-depth * k // 4) for k in (1, 2, 3, 4))
   until = max(1, depth // 4)
-  return {"levels": (step, 2 * step, 3 * step, depth), "image_adapt_until": until, "dpam_from": until,
-          "cross_attn_level": step}
+  return {"levels": levels, "image_adapt_until": until, "dpam_from": until, "cross_attn_level": levels[0]}

@@ -6,8 +6,8 @@ Stage 1 ("text"): text adapters (+ cross-attention) learn from frozen surgery fe
 Stage 2 ("image"): image adapters and projectors learn against frozen anchors computed once with
   the stage-1 text path; loss = detection CE + sum over levels of seg_loss.
 
-A batch is {"image": [B, H, W, 3] normalised, "mask": [B, H, W] in {0, 1}, "label": [B] int,
-"class_id": [B] int indexing the prompt table / anchors}.
+A batch is {"images": [B, H, W, 3] normalised, "masks": [B, H, W] in {0, 1}, "labels": [B] int,
+"class_ids": [B] int indexing the prompt table / anchors} (what `aajax.data.loader.Loader` yields).
 """
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,7 @@ def batch_anchors(model: AAModel, params, prompt_ids, class_id, context=None, rn
   if context is None:
     table = model.apply({"params": params}, prompt_ids, NUM_NORMAL, method=AAModel.text_anchors)
     return table[class_id]
-  return model.apply({"params": params}, prompt_ids[class_id], NUM_NORMAL, context, deterministic,
+  return model.apply({"params": params}, jnp.asarray(prompt_ids)[class_id], NUM_NORMAL, context, deterministic,
                      method=AAModel.text_anchors, rngs=rngs)
 
 
@@ -61,9 +61,9 @@ def seg_losses(model: AAModel, level_feats, anchors, mask):
 
 
 def stage1_loss(model: AAModel, params, batch, prompt_ids, rng, ortho_weight=0.1, last_level_only=False):
-  inputs = model.apply({"params": params}, batch["image"], method=AAModel.stage1_image_inputs)
-  anchors = batch_anchors(model, params, prompt_ids, batch["class_id"], inputs["context"], rng)
-  per_level = seg_losses(model, inputs["levels"], anchors, batch["mask"])
+  inputs = model.apply({"params": params}, batch["images"], method=AAModel.stage1_image_inputs)
+  anchors = batch_anchors(model, params, prompt_ids, batch["class_ids"], inputs["context"], rng)
+  per_level = seg_losses(model, inputs["levels"], anchors, batch["masks"])
   seg = per_level[-1] if last_level_only else sum(per_level)
   ortho = losses.orthogonality_loss(anchors)
   loss = seg + ortho_weight * ortho
@@ -71,10 +71,10 @@ def stage1_loss(model: AAModel, params, batch, prompt_ids, rng, ortho_weight=0.1
 
 
 def stage2_loss(model: AAModel, params, batch, anchor_table):
-  feats = model.apply({"params": params}, batch["image"], method=AAModel.image_features)
-  anchors = anchor_table[batch["class_id"]]
-  det = losses.detection_loss(feats["det"], anchors, batch["label"])
-  seg = sum(seg_losses(model, feats["seg"], anchors, batch["mask"]))
+  feats = model.apply({"params": params}, batch["images"], method=AAModel.image_features)
+  anchors = anchor_table[batch["class_ids"]]
+  det = losses.detection_loss(feats["det"], anchors, batch["labels"])
+  seg = sum(seg_losses(model, feats["seg"], anchors, batch["masks"]))
   loss = det + seg
   return loss, {"loss": loss, "det_loss": det, "seg_loss": seg}
 

@@ -22,3 +22,4 @@ def prompt_ids(tokenizer, real_names: list[str]) -> np.ndarray:
   sentences = [class_sentences(name) for name in real_names]
   flat = np.asarray(tokenizer([s for group in sentences for s in group]), np.int32)
   return flat.reshape(len(real_names), len(sentences[0]), -1)
+

@@ -14,6 +14,11 @@ Modes.
     full batch size with copies marked `valid == False` (static shapes for jit), or left short with
     pad_remainder=False.
 
+Fields: images float32 [b, H, W, 3], masks float32 [b, H, W] {0,1}, labels int32, class_ids int32
+(index into `class_names`), valid bool (False on padding rows), indices int32 (into `samples`) and,
+unless with_ids=False, ids (object array of strings: host-side only; device code must drop it).
+b = batch_size // process_count.
+
 Position. `get_state()` is the position after the last batch the iterator has handed out
 ({"epoch", "index"}: the next sample of that epoch's order), JSON-friendly, to be saved with a
 checkpoint; `set_state()` then `iter()` continues with exactly the batch that would have come next.
@@ -33,7 +38,7 @@ class Loader:
   def __init__(self, samples, batch_size: int, image_size: int, norm="clip", shuffle: bool = False,
                seed: int = 0, drop_remainder=None, augment: bool = False, process_index: int = 0,
                process_count: int = 1, repeat=None, pad_remainder: bool = True, class_names=None,
-               prefetch: int = 2, num_workers=None, cache: bool = False):
+               prefetch: int = 2, num_workers=None, cache: bool = False, with_ids: bool = True):
     if not samples:
       raise DataError("the loader got no samples (empty split or no class matched)")
     if batch_size <= 0 or batch_size % process_count:
@@ -67,6 +72,8 @@ class Loader:
                       "with drop_remainder")
     self._cache = {} if cache else None
     self._state = {"epoch": 0, "index": 0}
+    self._iterator = None
+    self.with_ids = with_ids
 
   # ------------------------------------------------------------------------------------ position
   def get_state(self) -> dict:
@@ -78,6 +85,9 @@ class Loader:
     if epoch < 0 or not 0 <= index <= len(self.samples):
       raise InputError(f"loader state {state} is out of range for {len(self.samples)} samples")
     self._state = {"epoch": epoch, "index": index}
+    if self._iterator is not None:
+      self._iterator.close()
+      self._iterator = None
 
   @property
   def steps_per_epoch(self) -> int:
@@ -152,17 +162,25 @@ class Loader:
     rows = range(lo, lo + self.local_batch_size)
     examples = [self._example(int(picks[r]), keys[r]) for r in rows if r < len(picks)]
     samples = [self.samples[int(picks[r])] for r in rows if r < len(picks)]
-    return {
+    batch = {
         "images": np.stack([e[0] for e in examples]).astype(np.float32, copy=False),
         "masks": np.stack([e[1] for e in examples]).astype(np.float32, copy=False),
         "labels": np.asarray([s.label for s in samples], np.int32),
         "class_ids": np.asarray([self._class_index[s.class_name] for s in samples], np.int32),
         "valid": np.asarray([r < n_valid for r in rows if r < len(picks)], bool),
         "indices": np.asarray([picks[r] for r in rows if r < len(picks)], np.int32),
-        "ids": np.asarray([s.id for s in samples], object),
     }
+    if self.with_ids:  # strings: host-side only, drop before putting a batch on devices
+      batch["ids"] = np.asarray([s.id for s in samples], object)
+    return batch
 
   # ----------------------------------------------------------------------------------- iteration
+  def __next__(self):
+    """The loader is also its own iterator (the training stack's DataIterator protocol)."""
+    if self._iterator is None:
+      self._iterator = iter(self)
+    return next(self._iterator)
+
   def __iter__(self):
     state = dict(self._state)
     if self.prefetch == 0:

@@ -7,7 +7,8 @@
 
 Each returns {"logits" [B, V] float32 of the last real token, "hidden" [B, dim] its raw hidden
 (before post_ln, for the region heads), "cache"}; `decode_tokens` also samples the next token
-(and its log-probability) in the same compiled step. The cache argument is donated: XLA updates
+(and its log-probability); it reuses the compiled `decode`, so a generation compiles the decoder twice
+only (prefill per prompt bucket, decode per cache size), whatever it feeds back. The cache argument is donated: XLA updates
 it in place, and the caller must use the returned cache. Rows with `active` False do not advance
 (finished rows of a batch keep their position while the others go on).
 
@@ -30,8 +31,8 @@ class DecoderSteps:
     self.model = TextDecoder(cfg)
     self.prefill = jax.jit(self._prefill, donate_argnames=("cache",))
     self.decode = jax.jit(self._decode, donate_argnames=("cache",))
-    self.decode_tokens = jax.jit(self._decode_tokens, static_argnames=("banned",), donate_argnames=("cache",))
     self.embed = jax.jit(self._embed)
+    self.sample = jax.jit(self._sample, static_argnames=("banned",))
 
   def _embed(self, params, tokens):
     return self.model.apply({"params": params}, tokens, method=TextDecoder.embed)
@@ -55,10 +56,17 @@ class DecoderSteps:
     active = jnp.ones((b,), bool) if active is None else active
     return self._run(params, embeds[:, None], cache, active.astype(jnp.int32), jnp.int32(0))
 
-  def _decode_tokens(self, params, tokens, cache, rng, temperature, top_p, active=None, banned=()):
-    out = self._decode(params, self._embed(params, tokens), cache, active)
-    out["logits"] = ban(out["logits"], banned)
-    out["tokens"], out["logprobs"] = sample(out["logits"], rng, temperature, top_p)
+  @staticmethod
+  def _sample(logits, rng, temperature, top_p, banned=()):
+    logits = ban(logits, banned)
+    tokens, logprobs = sample(logits, rng, temperature, top_p)
+    return logits, tokens, logprobs
+
+  def decode_tokens(self, params, tokens, cache, rng, temperature, top_p, active=None, banned=()):
+    """Embed -> decode -> ban + sample, as three compiled calls: the decoder program is the one
+    `decode` uses (every caller feeding embeddings shares it), the other two are tiny."""
+    out = self.decode(params, self.embed(params, tokens), cache, active)
+    out["logits"], out["tokens"], out["logprobs"] = self.sample(out["logits"], rng, temperature, top_p, banned=banned)
     return out
 
 

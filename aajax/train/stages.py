@@ -33,12 +33,20 @@ def stage_config(config, name: str, exports: dict | None = None) -> ml_collectio
   out = ml_collections.ConfigDict(shared)
   section = config.get(STAGE_PREFIX + name)
   if section is not None:
-    for key, value in section.to_dict().items():
-      with out.ignore_type():
-        out[key] = value
+    _merge_into(out, section.to_dict())
   out.stage = name
   out.exports = ml_collections.ConfigDict(dict(exports or {}))
   return with_defaults(out)
+
+
+def _merge_into(out: ml_collections.ConfigDict, section: dict) -> None:
+  """Deep merge: a nested section (`stage_image.model.remat`) changes only the fields it names."""
+  for key, value in section.items():
+    if isinstance(value, dict) and isinstance(out.get(key), ml_collections.ConfigDict):
+      _merge_into(out[key], value)
+    else:
+      with out.ignore_type():
+        out[key] = value
 
 
 def run(config, workdir: str, only: str | None = None, mesh=None) -> dict:

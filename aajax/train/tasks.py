@@ -8,7 +8,7 @@ from typing import Callable
 
 from aajax.errors import ConfigError
 
-_BUILTIN_MODULES: tuple[str, ...] = ("aajax.train.toy",)
+_BUILTIN_MODULES: tuple[str, ...] = ("aajax.train.toy", "aajax.anomaly.tasks", "aajax.captioning.tasks")
 
 _FACTORIES: dict[str, Callable] = {}
 

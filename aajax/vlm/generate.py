@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from aajax.decoder import kv_cache as kvc
-from aajax.decoder.sampling import sample
 from aajax.errors import InputError
 from aajax.vlm.runtime import EncodedImage, MoondreamFns
 
@@ -48,27 +47,28 @@ class Sampling:
     return self
 
 
-_sample = jax.jit(sample)
-
-
 def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
 def prefill_prompts(fns: MoondreamFns, params, start: Optional[EncodedImage], prompts: list[list[int]],
-                    extra: int):
-  """Prefill per-row prompts after the image prefix (or from scratch when start is None) into a cache
-  with room for `extra` more positions. Returns (prefill output, cache size)."""
+                    extra: int, spatial: Optional[list] = None):
+  """Prefill per-row prompts after what `start` holds (the image prefix, or any earlier turn; rows
+  may be at different positions), or from scratch when start is None, into a cache with room for
+  `extra` more positions. Returns (prefill output, cache size).
+
+  spatial: per row None or (offset, refs): the placeholder ids at prompt[offset:] get the region
+  encodings of the refs' coordinates and sizes instead of token embeddings (as the reference)."""
   cfg = fns.cfg
   b = len(prompts)
   lengths = np.array([len(p) for p in prompts], np.int32)
   if (lengths == 0).any():
     raise InputError("empty prompt")
-  base = 0 if start is None else cfg.prefix_len
+  base = 0 if start is None else int(np.asarray(start.cache["length"]).max())
   longest = base + int(lengths.max())
   if longest > cfg.text.max_context:
     raise InputError(f"prompt of {int(lengths.max())} tokens does not fit the context of {cfg.text.max_context} "
-                     f"({base} taken by the image)")
+                     f"({base} positions already taken)")
   t_pad = min(_round_up(int(lengths.max()), PROMPT_BUCKET), cfg.text.max_context - base)
   size = min(_round_up(base + t_pad + extra, CACHE_BUCKET), cfg.text.max_context)
   size = max(size, base + t_pad)
@@ -83,8 +83,36 @@ def prefill_prompts(fns: MoondreamFns, params, start: Optional[EncodedImage], pr
   for i, p in enumerate(prompts):
     tokens[i, :len(p)] = p
   emb = fns.steps.embed(params["text"], jnp.asarray(tokens))
+  if spatial and any(spatial):
+    emb = _place_spatial(fns, params, emb, tokens, spatial)
   out = fns.steps.prefill(params["text"], emb, cache, jnp.asarray(lengths))
   return out, size
+
+
+def _place_spatial(fns, params, emb, tokens, spatial):
+  from aajax.vlm.tokenizer import spatial_values
+  coords, sizes, coord_at, size_at = [], [], [], []
+  tc = fns.cfg.tokenizer
+  for row, item in enumerate(spatial):
+    if not item:
+      continue
+    offset, refs = item
+    c, s = spatial_values(refs)
+    n = len(c) + len(s)
+    ids = tokens[row, offset:offset + n]
+    coord_at += [(row, offset + j) for j in np.nonzero(ids == tc.coord_id)[0]]
+    size_at += [(row, offset + j) for j in np.nonzero(ids == tc.size_id)[0]]
+    coords += c
+    sizes += s
+  c_emb, s_emb = fns.encode_values(params, jnp.asarray(coords, jnp.float32).reshape(-1, 1),
+                                   jnp.asarray(sizes, jnp.float32).reshape(-1, 2))
+  if coord_at:
+    r, c = np.array(coord_at).T
+    emb = emb.at[r, c].set(c_emb.astype(emb.dtype))
+  if size_at:
+    r, c = np.array(size_at).T
+    emb = emb.at[r, c].set(s_emb.astype(emb.dtype))
+  return emb
 
 
 @dataclasses.dataclass
@@ -94,19 +122,19 @@ class TextResult:
 
 
 def generate_tokens(fns: MoondreamFns, params, start: Optional[EncodedImage], prompts: list[list[int]],
-                    sampling: Sampling) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                    sampling: Sampling, spatial=None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Yields (tokens [B], logprobs [B], emitted [B] bool) per step: the batch's next tokens, and which
   rows emitted one (rows stop at eos, max_tokens or the end of the context)."""
   cfg, tok_cfg = fns.cfg, fns.cfg.tokenizer
   sampling = sampling.check()
   b = len(prompts)
-  out, size = prefill_prompts(fns, params, start, prompts, sampling.max_tokens)
+  out, size = prefill_prompts(fns, params, start, prompts, sampling.max_tokens, spatial)
   cache = out["cache"]
   temperature = jnp.full((b,), sampling.temperature, jnp.float32)
   top_p = jnp.full((b,), sampling.top_p, jnp.float32)
   key = jax.random.PRNGKey(sampling.seed)
   key, sub = jax.random.split(key)
-  tokens, logprobs = _sample(out["logits"], sub, temperature, top_p)
+  _, tokens, logprobs = fns.steps.sample(out["logits"], sub, temperature, top_p)  # no ban on the first
   lengths = np.asarray(cache["length"])
   budget = np.minimum(sampling.max_tokens, size - lengths)  # each emitted token needs one more slot
   banned = tuple(i for i in (tok_cfg.answer_id,) if i is not None)
@@ -128,9 +156,9 @@ def generate_tokens(fns: MoondreamFns, params, start: Optional[EncodedImage], pr
     cache, tokens, logprobs = out["cache"], out["tokens"], out["logprobs"]
 
 
-def generate_text(fns, params, start, prompts, sampling) -> TextResult:
+def generate_text(fns, params, start, prompts, sampling, spatial=None) -> TextResult:
   res = TextResult([[] for _ in prompts], [[] for _ in prompts])
-  for toks, lps, active in generate_tokens(fns, params, start, prompts, sampling):
+  for toks, lps, active in generate_tokens(fns, params, start, prompts, sampling, spatial):
     for i in np.nonzero(active)[0]:
       res.tokens[i].append(int(toks[i]))
       res.logprobs[i].append(float(lps[i]))
@@ -171,10 +199,10 @@ class StreamText:
     return self.decode(self.cache)[self.printed:]
 
 
-def stream_text(fns, params, start, prompts, sampling, decode) -> Iterator[list[str]]:
+def stream_text(fns, params, start, prompts, sampling, decode, spatial=None) -> Iterator[list[str]]:
   """Yields, per step, a list with each row's newly printable text ("" when nothing new)."""
   streams = [StreamText(decode) for _ in prompts]
-  for toks, _, active in generate_tokens(fns, params, start, prompts, sampling):
+  for toks, _, active in generate_tokens(fns, params, start, prompts, sampling, spatial):
     pieces = [streams[i].push(int(toks[i])) if active[i] else "" for i in range(len(prompts))]
     if any(pieces):
       yield pieces
@@ -218,3 +246,66 @@ def generate_points(fns: MoondreamFns, params, start: EncodedImage, prompts: lis
     counts = np.array([len(r) for r in results])
     active &= (np.asarray(jnp.argmax(o["logits"], -1)) != eos) & (counts < max_objects)
   return results
+
+
+@dataclasses.dataclass
+class Reasoning:
+  text: str
+  grounding: list  # [{"start_idx", "end_idx", "points": [(x, y), ...]}]
+
+
+def generate_reasoning(fns: MoondreamFns, params, start: EncodedImage, prompts: list[list[int]],
+                       sampling: Sampling, decode, spatial=None) -> tuple[EncodedImage, list[Reasoning]]:
+  """The reasoning phase of a query (prompt ending in the thinking id), batched.
+
+  Runs until the answer id (or max_tokens); eos and size ids are banned. A sampled coordinate id is
+  fed back as the encoding of the coordinate read from the current hidden state, and recorded;
+  ids 7 / 9 open a new grounding chunk; consecutive coordinates of a chunk pair up into points.
+  Returns the cache after the reasoning (for the answer phase) and each row's text and grounding.
+  (The reference, when the very first token is a coordinate, reads it from the whole prompt's hidden
+  states and fails; here it is read from the last prompt position like every later one.)"""
+  tc = fns.cfg.tokenizer
+  sampling = sampling.check()
+  b = len(prompts)
+  out, size = prefill_prompts(fns, params, start, prompts, sampling.max_tokens, spatial)
+  cache, hidden = out["cache"], out["hidden"]
+  temperature = jnp.full((b,), sampling.temperature, jnp.float32)
+  top_p = jnp.full((b,), sampling.top_p, jnp.float32)
+  key, sub = jax.random.split(jax.random.PRNGKey(sampling.seed))
+  _, tokens, _ = fns.steps.sample(out["logits"], sub, temperature, top_p)
+  chunks = [[[]] for _ in range(b)]
+  coords = [[[]] for _ in range(b)]
+  budget = np.minimum(sampling.max_tokens, size - np.asarray(cache["length"]))
+  emitted, active = np.zeros((b,), np.int64), np.ones((b,), bool)
+  banned = tuple(i for i in (tc.eos_id, tc.size_id) if i is not None)
+  while True:
+    toks = np.asarray(tokens)
+    active &= (toks != tc.answer_id) & (emitted < budget)
+    if not active.any():
+      break
+    values, emb = fns.reasoning_inputs(params, tokens, hidden)
+    values = np.asarray(values)
+    for i in np.nonzero(active)[0]:
+      if toks[i] in (tc.start_ground_points_id, tc.end_ground_id):
+        chunks[i].append([])
+        coords[i].append([])
+      chunks[i][-1].append(int(toks[i]))
+      if toks[i] == tc.coord_id:
+        coords[i][-1].append(float(values[i]))
+    emitted += active
+    o = fns.steps.decode(params["text"], emb, cache, jnp.asarray(active))
+    cache, hidden = o["cache"], o["hidden"]
+    key, sub = jax.random.split(key)
+    _, tokens, _ = fns.steps.sample(o["logits"], sub, temperature, top_p, banned=banned)
+  return EncodedImage(cache), [_reasoning(decode, c, g) for c, g in zip(chunks, coords)]
+
+
+def _reasoning(decode, chunks, coords) -> Reasoning:
+  texts = [decode(c) for c in chunks]
+  grounding, start = [], 0
+  for text, cs in zip(texts, coords):
+    if len(cs) > 1:
+      points = [(cs[j], cs[j + 1]) for j in range(0, len(cs) - len(cs) % 2, 2)]
+      grounding.append({"start_idx": start, "end_idx": start + len(text), "points": points})
+    start += len(text)
+  return Reasoning("".join(texts), grounding)

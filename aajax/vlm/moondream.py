@@ -57,11 +57,11 @@ def _text_results(tok, res: G.TextResult, key: str, logprobs: bool) -> list[dict
   return out
 
 
-def _run_text(fns, params, tok, start, prompts, key, sampling, stream, logprobs):
+def _run_text(fns, params, tok, start, prompts, key, sampling, stream, logprobs, spatial=None):
   if stream:  # the reference's shape: {key: generator of text pieces}
-    gen = G.stream_text(fns, params, start, prompts, sampling, tok.decode)
+    gen = G.stream_text(fns, params, start, prompts, sampling, tok.decode, spatial)
     return {key: (p if len(prompts) > 1 else p[0] for p in gen)}
-  return _text_results(tok, G.generate_text(fns, params, start, prompts, sampling), key, logprobs)
+  return _text_results(tok, G.generate_text(fns, params, start, prompts, sampling, spatial), key, logprobs)
 
 
 def caption(fns: MoondreamFns, params, tok: MoondreamTokenizer, images, length: str = "normal",
@@ -77,22 +77,52 @@ def caption(fns: MoondreamFns, params, tok: MoondreamTokenizer, images, length: 
 
 def query(fns: MoondreamFns, params, tok: MoondreamTokenizer, images, questions,
           max_tokens: int = G.DEFAULT_MAX_TOKENS, temperature: float = G.DEFAULT_TEMPERATURE,
-          top_p: float = G.DEFAULT_TOP_P, seed: int = 0, stream: bool = False, logprobs: bool = False):
-  """images None: a text-only query (BOS + template, plain causal attention, as the reference)."""
+          top_p: float = G.DEFAULT_TOP_P, seed: int = 0, stream: bool = False, logprobs: bool = False,
+          spatial_refs=None, reasoning: bool = False):
+  """images None: a text-only query (BOS + template, plain causal attention, as the reference).
+
+  spatial_refs: points (x, y) / boxes (x_min, y_min, x_max, y_max) the question refers to; one list
+  for a single question, or one list (or None) per question.
+  reasoning: first generate the model's reasoning (ending at the answer id), returned as
+  {"reasoning": {"text", "grounding"}} next to the answer (starmie-generation models)."""
   questions = [questions] if isinstance(questions, str) else list(questions)
   if not questions:
     raise InputError("no question given")
-  prompts = [tok.query_prompt(q) for q in questions]
+  if spatial_refs and images is None:
+    raise InputError("spatial_refs can only be used with an image")
+  per_row = _per_question(spatial_refs, len(questions))
+  if reasoning and images is None:
+    raise InputError("reasoning needs an image")
+  prompts = [tok.query_prompt(q, r, reasoning) for q, r in zip(questions, per_row)]
+  spatial = [(tok.spatial_offset(), r) if r else None for r in per_row]
   if images is None:
     start = None
     prompts = [[fns.cfg.tokenizer.bos_id] + p for p in prompts]
   else:
     enc = _as_encoded(fns, params, images)
     if len(prompts) == 1 and enc.batch > 1:
-      prompts = prompts * enc.batch
+      prompts, spatial = prompts * enc.batch, spatial * enc.batch
     start = _broadcast(enc, len(prompts))
-  return _run_text(fns, params, tok, start, prompts, "answer",
-                   _sampling(max_tokens, temperature, top_p, seed), stream, logprobs)
+  sampling = _sampling(max_tokens, temperature, top_p, seed)
+  if reasoning:
+    start, thoughts = G.generate_reasoning(fns, params, start, prompts, sampling, tok.decode, spatial)
+    answers = _run_text(fns, params, tok, start, [[tok.cfg.answer_id]] * len(prompts), "answer", sampling,
+                        stream, logprobs)
+    extra = [{"reasoning": {"text": r.text, "grounding": r.grounding}} for r in thoughts]
+    if stream:
+      return {**extra[0], **answers} if len(extra) == 1 else {"reasoning": [e["reasoning"] for e in extra], **answers}
+    return [{**e, **a} for e, a in zip(extra, answers)]
+  return _run_text(fns, params, tok, start, prompts, "answer", sampling, stream, logprobs, spatial)
+
+
+def _per_question(refs, n: int) -> list:
+  if not refs:
+    return [None] * n
+  if all(isinstance(r, (tuple, list)) and r and isinstance(r[0], (int, float)) for r in refs):
+    return [list(refs)] * n  # one list of refs shared by every question
+  if len(refs) != n:
+    raise InputError(f"{len(refs)} spatial_refs lists for {n} questions")
+  return [list(r) if r else None for r in refs]
 
 
 def _objects(fns, params, tok, images, objects, task, max_objects):
@@ -113,11 +143,24 @@ def point(fns, params, tok, images, objects, max_objects: int = G.DEFAULT_MAX_OB
   return _objects(fns, params, tok, images, objects, "point", max_objects)
 
 
+def to_device(params, dtype=None):
+  """Host arrays -> device arrays, in place, one leaf at a time (peak: the params plus one tensor).
+
+  Params must live on the device: a numpy leaf passed to a jitted function is copied on every
+  call (for a decode step, the whole model per token)."""
+  for key, leaf in params.items():
+    if isinstance(leaf, dict):
+      to_device(leaf, dtype)
+    else:
+      params[key] = jax.device_put(leaf if dtype is None else jnp.asarray(leaf, dtype))
+  return params
+
+
 class Moondream:
   """Params + tokenizer + compiled functions, with the reference's method names."""
 
   def __init__(self, cfg: MoondreamConfig, params, tokenizer: Optional[MoondreamTokenizer] = None):
-    self.cfg, self.params, self.tokenizer = cfg, params, tokenizer
+    self.cfg, self.params, self.tokenizer = cfg, to_device(params), tokenizer
     self.fns = MoondreamFns(cfg)
 
   @classmethod
@@ -128,8 +171,7 @@ class Moondream:
     from aajax.model_dir import load_model
     modules, params = load_model(path, expect_kind="moondream", **({"dtype": dtype} if dtype else {}))
     cfg = modules.cfg
-    if dtype and dtype != "float32":
-      params = jax.tree.map(lambda a: jnp.asarray(a, jnp.dtype(dtype)), params)
+    params = to_device(params, jnp.dtype(dtype) if dtype else None)
     tok_path = tokenizer or os.path.join(path, "tokenizer.json")
     tok = MoondreamTokenizer.from_file(tok_path, cfg.tokenizer) if (tokenizer or os.path.exists(tok_path)) else None
     return cls(cfg, params, tok)

@@ -6,7 +6,7 @@ of params trees (a server, a LoRA-merged copy). Pieces, each jitted on its own:
   pool_local(tokens, tiling)                  stitching + adaptive pooling (per tiling)
   project(vision_params, global, pooled)      projection into the decoder width
   steps.prefill / steps.decode / decode_tokens (aajax.decoder.steps)
-  coord_step / size_step                      region decode -> re-encode -> one decoder step
+  read_coord / read_size (+ steps.decode)     region decode -> re-encode, then one decoder step
 
 `encode_image(fns, params, images)` runs the vision tower and the BOS + image prefill and returns an
 `EncodedImage` (the cache of the 730 prefix positions), which any number of prompts can reuse.
@@ -52,8 +52,10 @@ class MoondreamFns:
     self.encode_crops = jax.jit(lambda p, x: vision.apply({"params": p}, x, method=VisionEncoder.encode))
     self.project = jax.jit(lambda p, g, l: vision.apply({"params": p}, g, l, method=VisionEncoder.project))
     self._region = region
-    self.coord_step = jax.jit(self._coord_step, donate_argnames=("cache",))
-    self.size_step = jax.jit(self._size_step, donate_argnames=("cache",))
+    self.read_coord = jax.jit(self._read_coord)
+    self.encode_values = jax.jit(self._encode_values)
+    self.reasoning_inputs = jax.jit(self._reasoning_inputs)
+    self.read_size = jax.jit(self._read_size)
 
   @functools.lru_cache(maxsize=64)
   def pool_local(self, tiling: tuple[int, int]):
@@ -68,16 +70,36 @@ class MoondreamFns:
   def region(self, params, method, *args):
     return self._region.apply({"params": params["region"]}, *args, method=getattr(RegionModel, method))
 
-  def _coord_step(self, params, hidden, cache, active):
-    """Read a coordinate from `hidden`, feed its encoding: (coord [B], decoder step output)."""
-    coord = coordinate_from_logits(self.region(params, "decode_coordinate", hidden))
-    emb = self.region(params, "encode_coordinate", coord[:, None])
-    return coord, self.steps._decode(params["text"], emb, cache, active)
+  def _encode_values(self, params, coords, sizes):
+    """coords [n, 1], sizes [m, 2] -> their embeddings (spatial references in prompts)."""
+    return self.region(params, "encode_coordinate", coords), self.region(params, "encode_size", sizes)
 
-  def _size_step(self, params, hidden, cache, active):
+  def _read_coord(self, params, hidden):
+    """Raw hidden [B, dim] -> (coordinate [B], its embedding [B, dim] to feed back)."""
+    coord = coordinate_from_logits(self.region(params, "decode_coordinate", hidden))
+    return coord, self.region(params, "encode_coordinate", coord[:, None])
+
+  def _reasoning_inputs(self, params, tokens, hidden):
+    """Next decoder inputs while reasoning: the token embedding, except that a coordinate id is
+    replaced by the encoding of the coordinate read from `hidden`. -> (coordinates [B], [B, dim])."""
+    coord, coord_emb = self._read_coord(params, hidden)
+    tok_emb = self.steps._embed(params["text"], tokens)
+    is_coord = (tokens == self.cfg.tokenizer.coord_id)[:, None]
+    return coord, jnp.where(is_coord, coord_emb.astype(tok_emb.dtype), tok_emb)
+
+  def _read_size(self, params, hidden):
+    """Raw hidden [B, dim] -> ((w, h) [B, 2], its embedding [B, dim])."""
     size = size_from_logits(self.region(params, "decode_size", hidden), self.cfg.region.size_scale)
-    emb = self.region(params, "encode_size", size)
-    return size, self.steps._decode(params["text"], emb, cache, active)
+    return size, self.region(params, "encode_size", size)
+
+  def coord_step(self, params, hidden, cache, active):
+    """Read a coordinate from `hidden` and feed its encoding: (coord [B], decoder step output)."""
+    coord, emb = self.read_coord(params, hidden)
+    return coord, self.steps.decode(params["text"], emb, cache, active)
+
+  def size_step(self, params, hidden, cache, active):
+    size, emb = self.read_size(params, hidden)
+    return size, self.steps.decode(params["text"], emb, cache, active)
 
 
 def prepare_images(images, cfg: MoondreamConfig, mimic_bf16: bool = False):

@@ -47,12 +47,34 @@ class MoondreamTokenizer:
       raise InputError(f"unknown caption length {length!r}; this model has {sorted(t)}")
     return list(t[length])
 
-  def query_prompt(self, question: str) -> list[int]:
+  def query_prompt(self, question: str, spatial_refs=None, reasoning: bool = False) -> list[int]:
+    """prefix + one placeholder per spatial value + question + suffix (+ the thinking id when
+    reasoning). A point (x, y) takes two coordinate ids, a box (x_min, y_min, x_max, y_max) two
+    coordinate ids and a size id; the placeholders start right after the prefix (`spatial_offset`)."""
     if not isinstance(question, str) or not question.strip():
       raise InputError("the question is empty")
     t = self._template("query")
-    suffix = list(t["suffix"]) * (2 if self.cfg.query_double_suffix else 1)
-    return list(t["prefix"]) + self.encode(question) + suffix
+    if reasoning:
+      if self.cfg.thinking_id is None:
+        raise InputError("this model's tokenizer generation has no reasoning (thinking) token")
+      suffix = list(t["suffix"]) + [self.cfg.thinking_id]
+    else:
+      suffix = list(t["suffix"]) * (2 if self.cfg.query_double_suffix else 1)
+    return list(t["prefix"]) + self.spatial_tokens(spatial_refs or []) + self.encode(question) + suffix
+
+  def spatial_offset(self) -> int:
+    return len(self._template("query")["prefix"])
+
+  def spatial_tokens(self, refs) -> list[int]:
+    if not refs:
+      return []
+    if self.cfg.coord_id is None or self.cfg.size_id is None:
+      raise InputError("this model's tokenizer generation has no spatial reference tokens")
+    out = []
+    for ref in check_spatial_refs(refs):
+      out += [self.cfg.coord_id] * 2 + ([self.cfg.size_id] if len(ref) == 4 else [])
+    return out
+
 
   def object_prompt(self, task: str, obj: str) -> list[int]:
     """detect / point: prefix + encode(" obj") (space since 2025-03-27) + suffix."""
@@ -61,3 +83,26 @@ class MoondreamTokenizer:
     t = self._template(task)
     text = (" " + obj) if self.cfg.detect_leading_space else obj
     return list(t["prefix"]) + self.encode(text) + list(t["suffix"])
+
+
+def check_spatial_refs(refs):
+  """Points (x, y) and boxes (x_min, y_min, x_max, y_max), normalised to [0, 1]."""
+  for ref in refs:
+    if len(ref) not in (2, 4) or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in ref):
+      raise InputError(f"spatial reference {ref!r} is not a point (x, y) or a box (x_min, y_min, x_max, y_max) "
+                       f"with values in [0, 1]")
+    if len(ref) == 4 and (ref[0] > ref[2] or ref[1] > ref[3]):
+      raise InputError(f"box {ref!r} has x_min > x_max or y_min > y_max")
+  return refs
+
+
+def spatial_values(refs):
+  """Refs -> (coordinates [2 per ref], sizes [(w, h) per box]) in placeholder order."""
+  coords, sizes = [], []
+  for ref in refs:
+    if len(ref) == 2:
+      coords += [ref[0], ref[1]]
+    else:
+      coords += [(ref[0] + ref[2]) / 2, (ref[1] + ref[3]) / 2]
+      sizes.append([ref[2] - ref[0], ref[3] - ref[1]])
+  return coords, sizes

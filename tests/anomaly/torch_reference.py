@@ -220,3 +220,38 @@ def dice(inp, tgt):
 
 def seg_loss(probs, mask):
   return focal(probs, mask) + dice(probs[:, 0], 1 - mask) + dice(probs[:, 1], mask)
+
+
+# -- test-time maps and scores, as test.py computes them ------------------------------------------
+def gaussian_blur(x, size, sigma):
+  """kornia.filters.gaussian_blur2d(x, (size, size), (sigma, sigma), border_type="reflect")."""
+  t = torch.arange(size, dtype=torch.float64) - size // 2
+  k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+  k = (k / k.sum()).float()
+  k2 = (k[:, None] * k[None, :])[None, None].repeat(x.shape[1], 1, 1, 1)
+  p = size // 2
+  return F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), k2, groups=x.shape[1])
+
+
+def test_maps(seg_feats, det, anchors, size, blur_size, blur_sigma, scale=100.0):
+  """Per-image anomaly map (sum over levels) and detection score, as test.py."""
+  total = 0
+  for feats in seg_feats:
+    s = scale * feats @ anchors
+    b, n, _ = s.shape
+    g = int(np.sqrt(n))
+    m = ((s[..., 1] + 1 - s[..., 0]) / 2).reshape(b, 1, g, g)
+    m = gaussian_blur(m, blur_size, blur_sigma)
+    total = total + F.interpolate(m, size=size, mode="bilinear", align_corners=True)[:, 0]
+  det_score = ((det[:, None] @ anchors[..., 1:]).reshape(-1) + 1) / 2
+  return total, det_score
+
+
+def class_scores(maps, det, medical):
+  """metrics_eval: one global min-max per class for maps and for detection scores."""
+  m = (maps - maps.min()) / (maps.max() - maps.min())
+  peak = m.reshape(m.shape[0], -1).max(1).values
+  if medical:
+    return m, peak
+  d = (det - det.min()) / (det.max() - det.min())
+  return m, 0.5 * peak + 0.5 * d

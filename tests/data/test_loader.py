@@ -88,3 +88,14 @@ def test_bad_arguments(samples):
     Loader(samples[:3], 4, 16, shuffle=True)
   with pytest.raises(InputError, match="out of range"):
     Loader(samples, 4, 16).set_state({"epoch": 0, "index": 99})
+
+
+def test_loader_is_its_own_iterator(samples):
+  """next(loader) works, and set_state restarts it at the saved position."""
+  loader = Loader(samples, 4, 16, shuffle=True, seed=2, with_ids=False)
+  first = [next(loader) for _ in range(3)]
+  assert "ids" not in first[0]
+  state = loader.get_state()
+  after = next(loader)
+  loader.set_state(state)
+  np.testing.assert_array_equal(next(loader)["indices"], after["indices"])

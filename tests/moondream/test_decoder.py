@@ -136,48 +136,26 @@ def test_load_balancing_loss():
 
 
 def test_dense_decoder_matches_transformers_phi():
-  """The dense decoder is Phi-1.5: same weights in PhiForCausalLM give the same causal logits."""
-  from transformers import PhiConfig, PhiForCausalLM
+  """The dense decoder is Phi-1.5: same weights in PhiForCausalLM give the same causal logits,
+  and greedy decoding with our KV cache gives HF generate's tokens."""
+  from weights_convert.moondream_hf import phi_model
   cfg, params, state, _ = setup("dense")
   tc = cfg.text
-  hf_cfg = PhiConfig(vocab_size=tc.vocab_size, hidden_size=tc.dim, intermediate_size=tc.ff_dim,
-                     num_hidden_layers=tc.n_layers, num_attention_heads=tc.n_heads, num_key_value_heads=tc.n_kv_heads,
-                     max_position_embeddings=tc.max_context, partial_rotary_factor=tc.rotary_dim / tc.head_dim,
-                     rope_theta=tc.rope_theta, layer_norm_eps=tc.ln_eps, hidden_act="gelu_new",
-                     resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, tie_word_embeddings=False)
-  hf = PhiForCausalLM(hf_cfg).eval()
-  sd, d, kd = {}, tc.dim, tc.n_kv_heads * tc.head_dim
-  t = lambda k: torch.from_numpy(np.asarray(state[k]))
-  sd["model.embed_tokens.weight"] = t("text.wte")
-  for i in range(tc.n_layers):
-    n, h = f"text.blocks.{i}", f"model.layers.{i}"
-    qkv_w, qkv_b = t(f"{n}.attn.qkv.weight"), t(f"{n}.attn.qkv.bias")
-    for name, sl in (("q_proj", slice(0, d)), ("k_proj", slice(d, d + kd)), ("v_proj", slice(d + kd, d + 2 * kd))):
-      sd[f"{h}.self_attn.{name}.weight"], sd[f"{h}.self_attn.{name}.bias"] = qkv_w[sl], qkv_b[sl]
-    for ours, theirs in (("attn.proj", "self_attn.dense"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2"),
-                         ("ln", "input_layernorm")):
-      sd[f"{h}.{theirs}.weight"], sd[f"{h}.{theirs}.bias"] = t(f"{n}.{ours}.weight"), t(f"{n}.{ours}.bias")
-  for ours, theirs in (("text.post_ln", "model.final_layernorm"), ("text.lm_head", "lm_head")):
-    sd[f"{theirs}.weight"], sd[f"{theirs}.bias"] = t(f"{ours}.weight"), t(f"{ours}.bias")
-  missing, unexpected = hf.load_state_dict(sd, strict=False)
-  assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
+  hf = phi_model(state, tc)
   tokens = np.random.default_rng(3).integers(0, tc.vocab_size, (2, 10))
   with torch.no_grad():
     want = hf(torch.from_numpy(tokens)).logits
+    hf_gen = hf.generate(torch.from_numpy(tokens), max_new_tokens=4, do_sample=False)[:, 10:].numpy()
   steps = DecoderSteps(tc)
   p = params["text"]
   with jax.default_matmul_precision("highest"):
     emb = steps.embed(p, jnp.asarray(tokens, jnp.int32))
     out = steps.model.apply({"params": p}, emb, empty_cache(tc, 2, 16), 0)
-    logits = steps.model.apply({"params": p}, out["hidden"], method=steps.model.logits)
-    close(logits, want, 5e-5)
-    # greedy continuation with the cache agrees with HF generate
+    close(steps.model.apply({"params": p}, out["hidden"], method=steps.model.logits), want, 5e-5)
     first = steps.prefill(p, emb, empty_cache(tc, 2, 16))
     toks, cache, got = jnp.argmax(first["logits"], -1).astype(jnp.int32), first["cache"], []
     for _ in range(4):
       got.append(np.asarray(toks))
       o = steps.decode_tokens(p, toks, cache, jax.random.PRNGKey(0), 0.0, 1.0)
       toks, cache = o["tokens"], o["cache"]
-  with torch.no_grad():
-    hf_gen = hf.generate(torch.from_numpy(tokens), max_new_tokens=4, do_sample=False)[:, 10:].numpy()
   np.testing.assert_array_equal(np.stack(got, 1), hf_gen)

@@ -199,7 +199,8 @@ def test_bad_input_messages(md):
 
 
 def test_checkpoint_of_another_generation_is_refused(tmp_path):
-  cfg, params, state = tiny_model("tiny-moe")
+  _, _, state = tiny_model("tiny-moe")
+  state = dict(state)  # the cached one is shared
   save_file(state, str(tmp_path / "model.safetensors"))
   with pytest.raises(CheckpointError, match="Moondream 3 .* but the config is Moondream 2"):
     conv.convert(str(tmp_path), str(tmp_path / "out"), config="tiny")
@@ -246,3 +247,92 @@ def test_legacy_names_and_int4_are_read():
   np.testing.assert_allclose(got["text"]["blocks_0"]["mlp"]["fc1"]["kernel"], want_fc1, rtol=1e-6)
   got["text"]["blocks_0"]["mlp"]["fc1"]["kernel"] = params["text"]["blocks_0"]["mlp"]["fc1"]["kernel"]
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), got, params)
+
+
+def test_bfloat16_model_runs_close_to_float32(tiny_dir, md):
+  md16 = Moondream.from_pretrained(tiny_dir, dtype="bfloat16")
+  leaves = jax.tree.leaves(md16.params)
+  assert all(a.dtype == jnp.bfloat16 for a in leaves)
+  img = image(9)
+  kw = dict(temperature=0.0, max_tokens=4, logprobs=True)
+  a, b = md.query(img, "what is in the image?", **kw), md16.query(img, "what is in the image?", **kw)
+  assert len(b["tokens"]) == len(b["logprobs"]) and np.isfinite(b["logprobs"]).all()
+  assert abs(a["logprobs"][0] - b["logprobs"][0]) < 0.5
+
+
+def test_query_with_spatial_refs_matches_reference(md):
+  """Points and boxes in the prompt are fed as region encodings at their placeholder positions."""
+  cfg, _, state = tiny_model("tiny")
+  img, refs = image(10), [(0.25, 0.5), (0.1, 0.2, 0.6, 0.9)]
+  got = md.query(img, "what is in the image?", spatial_refs=refs, temperature=0.0, max_tokens=1, logprobs=True)
+  prompt = md.tokenizer.query_prompt("what is in the image?", refs)
+  tc = cfg.tokenizer
+  assert prompt[3:8] == [tc.coord_id, tc.coord_id, tc.coord_id, tc.coord_id, tc.size_id]
+  crops, tiling = C.overlap_crop_image(C.to_rgb(img), cfg.vision)
+  with torch.no_grad():
+    img_tok = ref.image_tokens(state, cfg.vision, torch.from_numpy(C.normalize(crops)).permute(0, 3, 1, 2), tiling)
+    emb = ref.embed(state, prompt)
+    coords = torch.tensor([0.25, 0.5, 0.35, 0.55]).reshape(4, 1)
+    emb[3:7] = ref.encode_coordinate(state, coords)
+    emb[7] = ref.encode_size(state, torch.tensor([[0.5, 0.7]]))[0]
+    seq = torch.cat([ref.embed(state, [tc.bos_id]), img_tok, emb])[None]
+    logits = ref.text_logits(state, ref.text_hidden(state, cfg.text, seq, cfg.prefix_len)[0, -1])
+  assert got["tokens"] == [int(logits.argmax())]
+  np.testing.assert_allclose(got["logprobs"][0], float(torch.log_softmax(logits, -1).max()), atol=1e-4)
+  with pytest.raises(InputError, match="not a point"):
+    md.query(img, "where?", spatial_refs=[(0.1, 0.2, 0.3)])
+  with pytest.raises(InputError, match="only be used with an image"):
+    md.query(None, "where?", spatial_refs=[(0.1, 0.2)])
+
+
+def test_moondream3_training_names_are_read():
+  cfg, params, state = tiny_model("tiny-moe")
+  out = {}
+  for k, v in state.items():
+    k2 = k.replace("text.blocks.", "text_model.transformer.h.").replace(".mlp.router.", ".gate.")
+    k2 = k2.replace(".mlp.fc1.weight", ".mlp.experts.weight") if v.ndim == 3 else k2
+    k2 = k2.replace(".mlp.fc2.weight", ".mlp.output_experts.weight") if v.ndim == 3 else k2
+    k2 = k2.replace(".attn.tau.alpha", ".tau_alpha").replace("region.coord_decoder.", "region_model.coordinate_head.")
+    k2 = k2.replace("region.size_decoder.", "region_model.size_head.").replace("region.ln.", "region_model.ln.")
+    if k2.endswith(".attn.tau.wv"):
+      continue
+    if k2.endswith(".attn.tau.wq"):  # fused: wq rows then wv rows
+      k2, v = k2.replace(".attn.tau.wq", ".tau_wqwv"), np.concatenate([v, state[k[:-2] + "wv"]])
+    out[k2.replace("text_model.transformer.h.", "text.blocks.") if k2.startswith("text_model.transformer.h.") and
+        ".tau_" not in k2 and ".gate." not in k2 and "experts" not in k2 else k2] = v
+  assert any(".gate." in k for k in out) and any("tau_wqwv" in k for k in out)
+  _, got = conv.convert_state(out, cfg)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), got, params)
+
+
+def test_reasoning_grounding_matches_reference(md):
+  """With the coordinate id made the likeliest token, every reasoning step reads a coordinate from
+  the hidden state and feeds its encoding back: compare those coordinates with the reference loop."""
+  cfg, params, state = tiny_model("tiny")
+  tc, steps_n = cfg.tokenizer, 4
+  state, params = dict(state), jax.tree.map(lambda a: a, params)
+  bias = state["text.lm_head.bias"].copy()
+  bias[tc.coord_id] = 50.0
+  state["text.lm_head.bias"] = params["text"]["lm_head"]["bias"] = bias
+  img, question = image(11), "how many birds are there"
+  from aajax.vlm import moondream as api
+  with jax.default_matmul_precision("highest"):
+    got = api.query(md.fns, params, md.tokenizer, [img], question, reasoning=True, temperature=0.0,
+                    max_tokens=steps_n)[0]
+  crops, tiling = C.overlap_crop_image(C.to_rgb(img), cfg.vision)
+  with torch.no_grad():
+    img_tok = ref.image_tokens(state, cfg.vision, torch.from_numpy(C.normalize(crops)).permute(0, 3, 1, 2), tiling)
+    prompt = md.tokenizer.query_prompt(question, reasoning=True)
+    assert prompt[-2:] == [tc.answer_id, tc.thinking_id]
+    seq = torch.cat([ref.embed(state, [tc.bos_id]), img_tok, ref.embed(state, prompt)])[None]
+    values = []
+    for _ in range(steps_n):
+      h = ref.text_hidden(state, cfg.text, seq, cfg.prefix_len)[0, -1]
+      if _ == 0:
+        assert int(ref.text_logits(state, h).argmax()) == tc.coord_id
+      v = ref.decode_head(state, "coord_decoder", h, True).argmax() / cfg.region.coord_out_dim
+      values.append(float(v))
+      seq = torch.cat([seq, ref.encode_coordinate(state, v.reshape(1, 1, 1))], 1)
+  assert got["reasoning"]["grounding"] == [{"start_idx": 0, "end_idx": len(got["reasoning"]["text"]),
+                                            "points": [(values[0], values[1]), (values[2], values[3])]}]
+  assert isinstance(got["answer"], str)

@@ -110,6 +110,19 @@ def test_vision_tower_and_projection_match_reference():
   np.testing.assert_allclose(np.asarray(out), want.numpy(), rtol=2e-5, atol=2e-5)
 
 
+def test_vision_tower_matches_transformers_siglip():
+  """Moondream's tower is a head-less SigLIP ViT: same weights in SiglipVisionModel, same tokens."""
+  from weights_convert.moondream_hf import siglip_vision_model
+  cfg, params, state = tiny_model("tiny")
+  vc = cfg.vision
+  crops = np.random.default_rng(8).uniform(-1, 1, (3, vc.crop_size, vc.crop_size, 3)).astype(np.float32)
+  with torch.no_grad():
+    want = siglip_vision_model(state, vc)(pixel_values=torch.from_numpy(crops).permute(0, 3, 1, 2)).last_hidden_state
+  with jax.default_matmul_precision("highest"):
+    got = VisionEncoder(vc).apply({"params": params["vision"]}, crops, method=VisionEncoder.encode)
+  np.testing.assert_allclose(np.asarray(got), want.numpy(), rtol=2e-5, atol=2e-5)
+
+
 def test_normalize_bf16_mimic():
   x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
   f32, bf = C.normalize(x), C.normalize(x, mimic_bf16=True)
