@@ -11,35 +11,12 @@ time of scikit-learn's roc_auc_score on the same pixels as a reference point. JS
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 
 import numpy as np
 
-
-def _rss_mib():
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmRSS:"):
-        return int(line.split()[1]) / 1024
-  return float("nan")
-
-
-def _peak_mib():
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _machine_busy_s():
-  with open("/proc/stat") as f:
-    fields = [float(x) for x in f.readline().split()[1:]]
-  idle = fields[3] + fields[4]
-  return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s():
-  r = resource.getrusage(resource.RUSAGE_SELF)
-  return r.ru_utime + r.ru_stime
+from benchmarks import harness
 
 
 def synthetic_batches(n_images, n_classes, size, grid, batch, seed=0):
@@ -77,22 +54,22 @@ def main(argv=None):
 
   from aajax.eval import metrics
   from aajax.eval.evaluator import Evaluator
-  base = _rss_mib()
+  base = harness.rss_mib()
   budget = args.budget or metrics.DEFAULT_BUDGET
   ev = Evaluator([f"c{i}" for i in range(args.classes)], ["Industrial"] * args.classes, args.size,
                  budget=budget)
-  busy0, own0, t0 = _machine_busy_s(), _own_cpu_s(), time.perf_counter()
+  busy0, own0, t0 = harness.machine_busy_s(), harness.own_cpu_s(), time.perf_counter()
   for cls, labels, maps, masks, det in synthetic_batches(args.images, args.classes, args.size,
                                                          args.grid, 32):
     ev.add(cls, labels, maps, masks, det)
   t_add = time.perf_counter() - t0
-  held = _rss_mib() - base
+  held = harness.rss_mib() - base
   t1 = time.perf_counter()
   results = ev.results()
   t_metrics = time.perf_counter() - t1
-  own = _own_cpu_s() - own0
-  busy = _machine_busy_s() - busy0
-  peak = _peak_mib() - base
+  own = harness.own_cpu_s() - own0
+  busy = harness.machine_busy_s() - busy0
+  peak = harness.peak_mib() - base
   first = results["c0"]
   out = {
       "images": args.images, "classes": args.classes, "size": args.size, "grid": args.grid,

@@ -25,6 +25,15 @@ def own_cpu_s() -> float:
   return r.ru_utime + r.ru_stime
 
 
+def rss_mib() -> float:
+  """Resident memory of this process now."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        return int(line.split()[1]) / 1024
+  return float("nan")
+
+
 def peak_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -34,7 +34,8 @@ def get_config(arg=None):
     c.model.vision = ml_collections.ConfigDict(dict(width=768, depth=12, heads=12, mlp_dim=3072, patch=16,
                                                     image_size=224))
     c.model.text = ml_collections.ConfigDict(dict(dim=576, ff_dim=1536, n_layers=30, n_heads=9, n_kv_heads=3,
-                                                  rotary_dim=64, max_context=2048))
+                                                  rotary_dim=64, max_context=2048,
+                                                  vocab_size=49152))
     c.model.lora.update(rank=16, alpha=16.0, dropout=0.1)
     c.model.remat = True
     c.data.update(image_size=224, max_len=30)

@@ -10,7 +10,7 @@ ground truth | prediction strips) and curves/ under --out.
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "", "a launch.train work directory (its image-stage model is used)")
@@ -48,14 +48,10 @@ def run(model_dir: str, data, out: str, batch_size: int, heatmaps: int) -> dict:
 
 def main(argv):
   del argv
-  if not FLAGS["verbosity"].present:   # orbax logs every restore at INFO
-    logging.set_verbosity(logging.WARNING)
   from aajax.anomaly.data import data_defaults
-  from aajax.anomaly.exported import default_model_dir
+  from aajax.anomaly.exported import model_dir_from_flags
   from aajax.errors import AajaxError
-  if not FLAGS.model and not FLAGS.workdir:
-    sys.exit("launch.eval: give --workdir (a launch.train run) or --model (an AA model directory)")
-  model_dir = FLAGS.model or default_model_dir(FLAGS.workdir)
+  model_dir = model_dir_from_flags("launch.eval", FLAGS.workdir, FLAGS.model)
   data = data_defaults()
   data.name, data.root, data.classes, data.eval_split, data.domain = (
       FLAGS.data, FLAGS.root, tuple(FLAGS.classes), FLAGS.split, FLAGS.domain)

@@ -15,7 +15,7 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "", "a launch.train work directory (its image-stage model is used)")
@@ -100,13 +100,9 @@ def run(model_dir: str, files, class_name: str, out: str, threshold=None, batch_
 
 def main(argv):
   del argv
-  if not FLAGS["verbosity"].present:   # orbax logs every restore at INFO
-    logging.set_verbosity(logging.WARNING)
-  from aajax.anomaly.exported import default_model_dir
+  from aajax.anomaly.exported import model_dir_from_flags
   from aajax.errors import AajaxError
-  if not FLAGS.model and not FLAGS.workdir:
-    sys.exit("launch.infer: give --workdir (a launch.train run) or --model (an AA model directory)")
-  model_dir = FLAGS.model or default_model_dir(FLAGS.workdir)
+  model_dir = model_dir_from_flags("launch.infer", FLAGS.workdir, FLAGS.model)
   out = FLAGS.out or os.path.join(os.path.dirname(os.path.abspath(model_dir)), "infer")
   try:
     rows = run(model_dir, image_files(FLAGS.images), FLAGS.class_name, out, FLAGS.threshold, FLAGS.batch_size)

@@ -54,7 +54,7 @@ class AAConfig:
     return self.image_size // self.backbone.vision.patch
 
   def replace(self, **kw) -> "AAConfig":
-    backbone_kw = {k: kw.pop(k) for k in ("dtype", "remat") if k in kw}
+    backbone_kw = {k: kw.pop(k) for k in ("dtype", "remat", "remat_policy") if k in kw}
     backbone = kw.pop("backbone", self.backbone)
     if backbone_kw:
       backbone = backbone.replace(**backbone_kw)

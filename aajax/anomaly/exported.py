@@ -41,5 +41,13 @@ def load_trained(path: str) -> TrainedAA:
                    [str(x) for x in stored["domains"]], np.asarray(stored["anchors"]))
 
 
-def default_model_dir(workdir: str) -> str:
-  return os.path.join(workdir, "image", "model")
+def model_dir_from_flags(program: str, workdir: str, model: str) -> str:
+  """--model, or the image-stage model of --workdir; exits with a one-line message if neither is given.
+  Also quiets absl/orbax INFO logging unless the user asked for a verbosity."""
+  import sys
+  from absl import flags, logging
+  if not flags.FLAGS["verbosity"].present:   # orbax logs every restore at INFO
+    logging.set_verbosity(logging.WARNING)
+  if not model and not workdir:
+    sys.exit(f"{program}: give --workdir (a launch.train run) or --model (an AA model directory)")
+  return model or os.path.join(workdir, "image", "model")

@@ -32,6 +32,7 @@ def model_defaults() -> ml_collections.ConfigDict:
   m.seed = 0
   m.dtype = "float32"
   m.remat = False
+  m.remat_policy = "full"     # with remat: full | dots | dots_no_batch (aajax.encoders.vit.REMAT_POLICIES)
   m.image_size = 224
   m.levels = ()
   m.image_adapt_until = -1
@@ -78,7 +79,7 @@ def backbone_config(m) -> tower_configs.TwoTowerConfig:
 
 
 def aa_config(m) -> AAConfig:
-  backbone = backbone_config(m).replace(dtype=m.dtype, remat=m.remat)
+  backbone = backbone_config(m).replace(dtype=m.dtype, remat=m.remat, remat_policy=m.get("remat_policy", "full"))
   auto = recipe_for_depth(backbone.vision.depth)
   kw = {}
   for field in AA_FIELDS:

@@ -40,7 +40,8 @@ def captioner_defaults(c):
   c.model = ml_collections.ConfigDict(dict(
       arch="prefix",
       vision=dict(width=64, depth=2, heads=4, mlp_dim=256, patch=8, image_size=64),
-      text=dict(dim=64, ff_dim=256, n_layers=2, n_heads=4, n_kv_heads=4, rotary_dim=16, max_context=256),
+      text=dict(dim=64, ff_dim=256, n_layers=2, n_heads=4, n_kv_heads=4, rotary_dim=16, max_context=256,
+                vocab_size=0),       # 0: the tokenizer's size (rounded up to a multiple of 8)
       projection="linear", causal_prefix=False, remat=False,
       lora=dict(rank=8, alpha=8.0, dropout=0.0, targets=(r"attn/(qkv|proj)$", r"mlp/fc[12]$"))))
   c.data = ml_collections.ConfigDict(dict(
@@ -58,7 +59,7 @@ def model_configs(model_cfg, vocab_size: int):
   """(ViTConfig, TextConfig) from the config section; the vocabulary comes from the tokenizer."""
   v, t = model_cfg.vision, model_cfg.text
   vision = ViTConfig("siglip", v.width, v.depth, v.heads, v.mlp_dim, v.patch, v.image_size, pool="none")
-  vocab = -(-vocab_size // 8) * 8
+  vocab = -(-max(vocab_size, int(t.get("vocab_size", 0))) // 8) * 8
   text = TextConfig(dim=t.dim, ff_dim=t.ff_dim, n_layers=t.n_layers, vocab_size=vocab, max_context=t.max_context,
                     n_heads=t.n_heads, n_kv_heads=t.n_kv_heads, rotary_dim=t.rotary_dim)
   return vision, text

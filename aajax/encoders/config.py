@@ -31,6 +31,7 @@ class ViTConfig:
   posemb_resize: str = "bicubic_aa"  # how positions follow a new grid; see aajax.nn.resize
   dtype: str = "float32"         # compute dtype; params stay float32
   remat: bool = False            # rematerialise blocks in the backward pass
+  remat_policy: str = "full"     # what remat keeps: aajax.encoders.vit.REMAT_POLICIES
 
   @property
   def grid(self) -> int:
@@ -58,6 +59,7 @@ class TextConfig:
   proj_bias: bool = True         # SigLIP head has a bias; CLIP text_projection has none
   dtype: str = "float32"
   remat: bool = False
+  remat_policy: str = "full"
 
   @property
   def out_dim(self) -> int:
@@ -75,8 +77,8 @@ class TwoTowerConfig:
     return self.vision.family
 
   def replace(self, **kw) -> "TwoTowerConfig":
-    """Replace fields of both towers at once (dtype, remat) or of the model itself."""
-    shared = {k: kw.pop(k) for k in ("dtype", "remat") if k in kw}
+    """Replace fields of both towers at once (dtype, remat, remat_policy) or of the model itself."""
+    shared = {k: kw.pop(k) for k in ("dtype", "remat", "remat_policy") if k in kw}
     vision = dataclasses.replace(kw.pop("vision", self.vision), **shared)
     text = dataclasses.replace(kw.pop("text", self.text), **shared)
     return dataclasses.replace(self, vision=vision, text=text, **kw)

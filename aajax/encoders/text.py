@@ -23,7 +23,7 @@ class TextTransformer(nn.Module):
     c, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     self.token_embedding = nn.Embed(c.vocab_size, c.width, embedding_init=nn.initializers.normal(0.02))
     self.pos_embedding = self.param("pos_embedding", nn.initializers.normal(0.01), (c.max_len, c.width))
-    self.layers = make_blocks(c.depth, c.heads, c.mlp_dim, c.act, c.ln_eps, dtype, c.remat)
+    self.layers = make_blocks(c.depth, c.heads, c.mlp_dim, c.act, c.ln_eps, dtype, c.remat, c.remat_policy)
     self.ln_final = layer_norm(c.ln_eps, dtype)
     self.head = nn.Dense(c.out_dim, use_bias=c.proj_bias, dtype=dtype)
 

@@ -9,10 +9,11 @@ layers (1-based block outputs, 0 = the input of the first block, as HF `hidden_s
 from typing import Mapping, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from aajax.encoders.config import ViTConfig
-from aajax.errors import InputError
+from aajax.errors import ConfigError, InputError
 from aajax.nn.attention import MultiHeadAttention
 from aajax.nn.layers import Mlp, layer_norm
 from aajax.nn.resize import resize_2d
@@ -34,9 +35,23 @@ class EncoderBlock(nn.Module):
     return x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(h)
 
 
-def make_blocks(depth, heads, mlp_dim, act, ln_eps, dtype, remat):
+# What a rematerialised block keeps from its forward pass for the backward pass:
+#   full           only its input; everything is recomputed (least memory)
+#   dots           every matmul output; only element-wise ops are recomputed
+#   dots_no_batch  the weight matmuls' outputs, not the attention score/value products, whose size
+#                  grows with the square of the tokens (the usual transformer choice)
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def make_blocks(depth, heads, mlp_dim, act, ln_eps, dtype, remat, remat_policy="full"):
+  if remat and remat_policy not in REMAT_POLICIES:
+    raise ConfigError(f"remat_policy {remat_policy!r} unknown; expected one of {', '.join(REMAT_POLICIES)}")
   # static_argnums counts `self`: 3 is `kind`, a Python string.
-  cls = nn.remat(EncoderBlock, static_argnums=(3,)) if remat else EncoderBlock
+  cls = nn.remat(EncoderBlock, static_argnums=(3,), policy=REMAT_POLICIES[remat_policy]) if remat else EncoderBlock
   return [cls(heads, mlp_dim, act, ln_eps, dtype, name=f"layers_{i}") for i in range(depth)]
 
 
@@ -105,7 +120,7 @@ class VisionTransformer(nn.Module):
       self.cls_token = self.param("cls_token", nn.initializers.normal(c.width ** -0.5), (c.width,))
     if c.pre_norm:
       self.ln_pre = layer_norm(c.ln_eps, dtype)
-    self.layers = make_blocks(c.depth, c.heads, c.mlp_dim, c.act, c.ln_eps, dtype, c.remat)
+    self.layers = make_blocks(c.depth, c.heads, c.mlp_dim, c.act, c.ln_eps, dtype, c.remat, c.remat_policy)
     self.ln_post = layer_norm(c.ln_eps, dtype)
     if c.pool == "map":
       self.head = MAPHead(c.width, c.heads, c.mlp_dim, c.ln_eps, dtype)

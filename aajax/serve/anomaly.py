@@ -17,8 +17,9 @@ from PIL import Image
 class AnomalyScorer:
   def __init__(self, path: str, model_id: str = ""):
     from aajax.anomaly import inference
-    from aajax.anomaly.exported import default_model_dir, load_trained
-    model_dir = path if os.path.exists(os.path.join(path, "config.json")) else default_model_dir(path)
+    from aajax.anomaly.exported import load_trained
+    # a model directory, or a launch.train work directory (its image-stage model)
+    model_dir = path if os.path.exists(os.path.join(path, "config.json")) else os.path.join(path, "image", "model")
     self.trained = load_trained(model_dir)
     self.model_id = model_id or "aa-" + os.path.basename(os.path.normpath(path))
     self.size = self.trained.model.cfg.image_size

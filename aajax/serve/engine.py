@@ -131,6 +131,9 @@ class Engine:
     self.eos = cfg.tokenizer.eos_id
     self.banned = tuple(i for i in (cfg.tokenizer.answer_id,) if i is not None)
     self.image_cache = ByteLRU(cache_bytes, _encoded_bytes)
+    self.programs = R.EnginePrograms(fns, self.context)
+    t = cfg.text
+    self._empty_prefix = kvc.init_cache(t.n_layers, 1, cfg.prefix_len, t.n_kv_heads, t.head_dim, jnp.dtype(t.dtype))
     self._inbox: "queue.Queue" = queue.Queue()
     self._waiting: list = []          # taken from the inbox, not yet admitted (no free row)
     self._points: list = []
@@ -293,7 +296,7 @@ class Engine:
       t = self.cfg.text
       self._cache = kvc.init_cache(t.n_layers, width, self.context, t.n_kv_heads, t.head_dim, jnp.dtype(t.dtype))
     else:
-      self._cache = R.take_rows(self._cache, jnp.asarray(index))
+      self._cache = self.programs.take_rows(self._cache, jnp.asarray(index))
     self._slots = [self._slots[i] for i in keep] + [None] * (width - len(keep))
 
   def _admit(self):
@@ -337,39 +340,34 @@ class Engine:
           self._fail(r, e)
 
   def _prefill_group(self, group):
-    t, s = self.cfg.text, self.context
-    caches, lengths, bases = [], [], []
-    for req, (enc, _), _ in group:
-      if enc is None:
-        caches.append(kvc.init_cache(t.n_layers, 1, s, t.n_kv_heads, t.head_dim, jnp.dtype(t.dtype)))
-        bases.append(0)
-      else:
-        caches.append(kvc.resize_cache(enc.cache, s))
-        bases.append(self.cfg.prefix_len)
-      lengths.append(len(req.prompt))
+    s = self.context
+    reqs = [g[0] for g in group]
+    prefixes = [self._empty_prefix if enc is None else enc.cache for _, (enc, _), _ in group]
+    bases = [0 if enc is None else self.cfg.prefix_len for _, (enc, _), _ in group]
+    lengths = [len(r.prompt) for r in reqs]
     t_pad = min(-(-max(lengths) // PROMPT_BUCKET) * PROMPT_BUCKET, s - max(bases))
     tokens = np.zeros((len(group), t_pad), np.int32)
-    for i, (req, _, _) in enumerate(group):
-      tokens[i, :len(req.prompt)] = req.prompt
-    cache = caches[0] if len(caches) == 1 else kvc.stack_caches(caches)
-    emb = self.fns.steps.embed(self.params["text"], jnp.asarray(tokens))
-    out = self.fns.steps.prefill(self.params["text"], emb, cache, jnp.asarray(lengths, jnp.int32))
+    for i, r in enumerate(reqs):
+      tokens[i, :len(r.prompt)] = r.prompt
+    out = self.programs.prefill(self.params["text"], prefixes, tokens, np.asarray(lengths, np.int32),
+                                *self._sampling(reqs), top_k=self._top_k(reqs))
+    self._cache = self.programs.put_rows(self._cache, out[0], np.asarray([g[2] for g in group], np.int32))
+    sampled = jax.device_get(out[1:])
     self.counters["prefill_calls"] += 1
-    reqs = [g[0] for g in group]
-    sampled = self._sample(out["logits"], reqs, [0] * len(reqs), banned=())
-    self._cache = R.put_rows(self._cache, out["cache"], jnp.asarray([g[2] for g in group], jnp.int32))
     for i, (req, (enc, hit), row) in enumerate(group):
       used = bases[i] + len(req.prompt)
       self._slots[row] = _Row(req, budget=min(req.max_tokens, s - used), prompt_tokens=used,
                               cached_tokens=bases[i] if hit else 0)
       self._take_token(row, *(x[i] for x in sampled))
 
-  def _sample(self, logits, reqs, counters, banned):
-    k = R.MAX_TOP_LOGPROBS if any(r.top_logprobs for r in reqs) else 0
-    out = R.sample_rows(logits, jnp.asarray([r.seed for r in reqs], jnp.int32), jnp.asarray(counters, jnp.int32),
-                        jnp.asarray([r.temperature for r in reqs], jnp.float32),
-                        jnp.asarray([r.top_p for r in reqs], jnp.float32), banned=banned, top_k=k)
-    return [np.asarray(x) for x in out]
+  @staticmethod
+  def _sampling(reqs):
+    return (np.asarray([r.seed for r in reqs], np.int32), np.asarray([r.temperature for r in reqs], np.float32),
+            np.asarray([r.top_p for r in reqs], np.float32))
+
+  @staticmethod
+  def _top_k(reqs) -> int:
+    return R.MAX_TOP_LOGPROBS if any(r.top_logprobs for r in reqs) else 0
 
   # -- decoding -----------------------------------------------------------------------------------
   def _take_token(self, i: int, token, logprob, top_ids, top_lps):
@@ -414,22 +412,23 @@ class Engine:
     mask = np.zeros((width,), bool)
     for i in active:
       tokens[i], mask[i] = self._slots[i].token, True
-    p = self.params["text"]
-    out = self.fns.steps.decode(p, self.fns.steps.embed(p, jnp.asarray(tokens)), self._cache, jnp.asarray(mask))
-    self._cache = out["cache"]
-    reqs = [s.req if s is not None else _IDLE for s in self._slots]
-    counters = [s.emitted if s is not None else 0 for s in self._slots]
-    sampled = self._sample(out["logits"], reqs, counters, self.banned)
+    reqs = [r.req if r is not None else _IDLE for r in self._slots]
+    counters = np.asarray([r.emitted if r is not None else 0 for r in self._slots], np.int32)
+    seeds, temperature, top_p = self._sampling(reqs)
+    out = self.programs.step(self.params["text"], self._cache, tokens, mask, seeds, counters, temperature, top_p,
+                             banned=self.banned, top_k=self._top_k(reqs))
+    self._cache, sampled = out[0], jax.device_get(out[1:])
     self.counters["decode_steps"] += 1
     self.counters["batched_rows"] += len(active)
     for i in active:
       self._take_token(i, *(x[i] for x in sampled))
 
   def _maybe_shrink(self):
-    """Halve the running batch (or more) when at most half its rows are busy and nobody waits."""
+    """Shrink the running batch to twice the busy rows (a power of two) once they fill a quarter of
+    it or less and nobody waits: wide enough that new arrivals rarely force a resize at once."""
     active = [i for i, s in enumerate(self._slots) if s is not None]
-    width = R.next_power_of_two(max(1, len(active)))
-    if width < len(self._slots) and not self._waiting and self._inbox.empty():
+    width = 2 * R.next_power_of_two(len(active))
+    if active and 2 * width <= len(self._slots) and not self._waiting and self._inbox.empty():
       self._resize_batch(width, active)
 
   def _fail_all_rows(self, error: Exception):
@@ -503,8 +502,24 @@ class Engine:
         fut.set_exception(err)
 
   # -- warm-up ------------------------------------------------------------------------------------
+  def _compile_batch_shapes(self):
+    """Compile the decode step at every running-batch width and the prefill at every admission
+    group size (short prompts), so that no request under load waits for a compile."""
+    t, p = self.cfg.text, self.params["text"]
+    for n in (1 << i for i in range(self.max_batch.bit_length())):
+      sampling = np.zeros((n,), np.int32), np.zeros((n,), np.float32), np.ones((n,), np.float32)
+      jax.block_until_ready(self.programs.prefill(p, [self._empty_prefix] * n, np.zeros((n, PROMPT_BUCKET), np.int32),
+                                                  np.ones((n,), np.int32), *sampling))
+    width = 1
+    while width <= R.next_power_of_two(self.max_batch):
+      cache = kvc.init_cache(t.n_layers, width, self.context, t.n_kv_heads, t.head_dim, jnp.dtype(t.dtype))
+      sampling = np.zeros((width,), np.int32), np.zeros((width,), np.float32), np.ones((width,), np.float32)
+      jax.block_until_ready(self.programs.step(p, cache, np.zeros((width,), np.int32), np.zeros((width,), bool),
+                                               sampling[0], sampling[0], *sampling[1:], banned=self.banned))
+      width *= 2
+
   def warmup(self, image: RequestImage, prompt: list, text_prompt: list, timeout: float = 600.0):
-    """Compile the common paths (image encode, prefill, decode at batch 1) before serving."""
+    """Compile the common paths (image encode, prefill, decode at every batch width) before serving."""
     done = threading.Event()
     errors = []
 
@@ -520,6 +535,7 @@ class Engine:
         raise RuntimeError("warm-up did not finish")
       if errors:
         raise errors[0]
+    self.run_job(self._compile_batch_shapes).result(timeout)
     self.image_cache.clear()
     self.image_cache.hits = self.image_cache.misses = 0
     for k in ("requests", "finished", "decode_steps", "generated_tokens", "prefill_calls", "vision_images",

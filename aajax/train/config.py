@@ -28,6 +28,10 @@ def train_defaults() -> ml_collections.ConfigDict:
   c.steps = 100
   c.accum = 1                 # micro-batches per device per step (gradient accumulation)
   c.dtype = "float32"         # compute dtype; "bfloat16" keeps float32 master params and optimizer state
+  # mesh and parameter sharding (aajax.train.mesh, aajax.train.sharding)
+  c.mesh = "data:-1"          # axis sizes: "data:2,fsdp:4", "data:-1,expert:4"; -1 = the devices left
+  c.fsdp_min_size = 2 ** 14   # leaves with fewer elements stay replicated on the fsdp axis
+  c.expert_params = r"mlp/fc[12]$"   # regex: [experts, ...] weights split over the expert axis
   # optimizer (aajax.train.optim)
   c.optimizer = "adam"        # adam | adamw | sgd
   c.lr = 1e-3

@@ -23,9 +23,9 @@ import numpy as np
 
 from aajax.errors import AajaxError, ConfigError, DataError
 from aajax.train import checkpoint as ckpt_lib
-from aajax.train import optim
+from aajax.train import optim, sharding
 from aajax.train.config import with_defaults
-from aajax.train.mesh import make_mesh, replicate, shard_batch, to_host
+from aajax.train.mesh import describe, make_mesh, shard_batch, to_host
 from aajax.train.step import cast_floats, compute_dtype, init_train_state, make_train_step
 from aajax.train.task import optional, task_optimizer
 
@@ -158,6 +158,36 @@ def _start_profile(config, workdir: str, step: int) -> int | None:
   return min(step + int(config.profile_steps), int(config.steps))
 
 
+@dataclasses.dataclass
+class Prepared:
+  """A stage ready to train: the train state and frozen params laid out on the mesh, and the step."""
+  mesh: object
+  tx: object
+  state: dict
+  frozen: object
+  state_specs: dict
+  frozen_specs: object
+
+  def train_step(self, task, config, donate: bool = True):
+    return make_train_step(task.loss_fn, self.tx, self.mesh, accum=config.accum, dtype=config.dtype, donate=donate,
+                           state_specs=self.state_specs, frozen_specs=self.frozen_specs)
+
+
+def prepare(task, config, mesh) -> Prepared:
+  """task.init, then params, optimizer state and frozen params placed by the sharding rules of `config`
+  (replicated, or split over the mesh's fsdp / expert axes)."""
+  init_rng, state_rng = jax.random.split(jax.random.key(int(config.seed)))
+  frozen, trainable = task.init(init_rng, config)
+  rules = sharding.rules_from_config(config)
+  frozen = cast_floats(frozen, compute_dtype(config.dtype))
+  frozen_specs = sharding.tree_specs(rules, mesh, frozen)
+  frozen = sharding.put(mesh, frozen, frozen_specs)
+  tx = task_optimizer(task, config)
+  state_specs = sharding.state_specs(rules, mesh, trainable, tx)
+  state = init_train_state(mesh, sharding.put(mesh, trainable, state_specs["params"]), tx, state_rng, state_specs)
+  return Prepared(mesh, tx, state, frozen, state_specs, frozen_specs)
+
+
 def train(task, config, workdir: str, *, mesh=None) -> TrainResult:
   """Trains one stage (config.stage, default the task's first) of `task` in `workdir`."""
   config = with_defaults(config)
@@ -167,25 +197,21 @@ def train(task, config, workdir: str, *, mesh=None) -> TrainResult:
     raise ConfigError(f"best_mode must be 'max' or 'min', got {config.best_mode!r}")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  mesh = make_mesh() if mesh is None else mesh
+  mesh = make_mesh(spec=config.mesh) if mesh is None else mesh
   steps = int(config.steps)
-
-  init_rng, state_rng = jax.random.split(jax.random.key(int(config.seed)))
-  frozen, trainable = task.init(init_rng, config)
-  frozen = replicate(mesh, cast_floats(frozen, compute_dtype(config.dtype)))
-  tx = task_optimizer(task, config)
-  state = init_train_state(mesh, replicate(mesh, trainable), tx, state_rng)
-  del trainable
+  prepared = prepare(task, config, mesh)
 
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep, async_save=config.ckpt_async)
   try:
-    return _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps)
+    return _run(task, config, workdir, prepared, ckpt, steps)
   finally:
     ckpt.wait()
     ckpt.close()
 
 
-def _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps) -> TrainResult:
+def _run(task, config, workdir, prepared, ckpt, steps) -> TrainResult:
+  mesh, state, frozen = prepared.mesh, prepared.state, prepared.frozen
+  prepared.state = prepared.frozen = None   # the loop owns them now (the state is donated each step)
   restored = ckpt.restore_latest(state)
   data_state, best = None, None
   if restored is not None:
@@ -203,8 +229,12 @@ def _run(task, config, workdir, mesh, tx, state, frozen, ckpt, steps) -> TrainRe
   n = mesh.devices.size
   _say(f"[{config.stage}] {n} devices in {jax.process_count()} processes; global batch {config.batch_size} "
        f"({int(config.batch_size) // n} per device, accum {config.accum}, {config.dtype}); {steps} steps")
+  if describe(mesh) != f"data {n}":
+    local, whole = sharding.sharded_bytes((state["params"], state["opt_state"], frozen))
+    _say(f"[{config.stage}] mesh {describe(mesh)}: params, optimizer state and frozen params take "
+         f"{local / 2**20:.1f} MiB per device of {whole / 2**20:.1f} MiB")
   data = task.train_data(config, data_state)
-  train_step = make_train_step(task.loss_fn, tx, mesh, accum=config.accum, dtype=config.dtype)
+  train_step = prepared.train_step(task, config)
   evaluate = optional(task, "evaluate")
   if config.best_metric and evaluate is None:
     raise ConfigError(f"best_metric={config.best_metric!r} needs a task with evaluate(); task {config.task!r} has none")

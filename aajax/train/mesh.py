@@ -1,8 +1,14 @@
-"""The device mesh of data-parallel training and moving host arrays onto it.
+"""The device mesh of training and moving host arrays onto it.
 
-One mesh axis, `data`, spans every device of every process. Batches are sharded on their leading
-axis over `data`; params and optimizer state are replicated. Host data is per process: each process
-feeds the rows of the global batch that its own devices hold.
+The mesh has three axes, always in this order (outermost first):
+  data    pure data parallelism: params replicated along it
+  expert  MoE expert weights split on their expert dimension along it (`aajax.train.sharding`)
+  fsdp    ZeRO-3: large params and their optimizer state split along it, gathered inside the step
+`config.mesh` sizes them ("data:-1", "data:2,fsdp:4"; -1 takes the devices left; an axis not named
+has size 1). Every axis also splits the batch: each device of the mesh gets its own rows, so the
+global batch is sharded on the flattened (data, expert, fsdp) axes. The innermost axis, fsdp, gets
+neighbouring devices (the same host), where its per-step gathers are cheapest. Host data is per
+process: each process feeds the rows of the global batch that its own devices hold.
 """
 import logging
 import os
@@ -13,7 +19,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from aajax.errors import ConfigError, DataError
 
-DATA = "data"
+DATA, EXPERT, FSDP = "data", "expert", "fsdp"
+AXES = (DATA, EXPERT, FSDP)
 
 
 def maybe_initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -46,10 +53,59 @@ def maybe_initialize_distributed(coordinator_address: str | None = None, num_pro
   return True
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh named `data` over `devices` (default: all devices of all processes)."""
+def parse_mesh(spec: str | None, n_devices: int) -> dict:
+  """"data:2,fsdp:4" -> {"data": 2, "expert": 1, "fsdp": 4}; one size may be -1 (the rest)."""
+  sizes, free = {}, None
+  for part in filter(None, (p.strip() for p in (spec or f"{DATA}:-1").split(","))):
+    name, sep, value = part.partition(":")
+    name = name.strip()
+    if name not in AXES:
+      raise ConfigError(f"mesh axis {name!r} unknown in mesh {spec!r}; axes: {', '.join(AXES)}")
+    if name in sizes or name == free:
+      raise ConfigError(f"mesh axis {name!r} given twice in mesh {spec!r}")
+    try:
+      size = int(value) if sep else -1
+    except ValueError:
+      raise ConfigError(f"mesh axis size {value!r} of {name!r} is not an integer (mesh {spec!r})") from None
+    if size == -1:
+      if free is not None:
+        raise ConfigError(f"mesh {spec!r}: only one axis may be -1")
+      free = name
+    elif size < 1:
+      raise ConfigError(f"mesh {spec!r}: axis {name!r} has size {size}")
+    else:
+      sizes[name] = size
+  fixed = int(np.prod(list(sizes.values()), dtype=np.int64))
+  if free is not None:
+    if n_devices % fixed:
+      raise ConfigError(f"mesh {spec!r}: {n_devices} devices do not divide into the fixed axes' {fixed}")
+    sizes[free] = n_devices // fixed
+  elif fixed != n_devices:
+    raise ConfigError(f"mesh {spec!r} has {fixed} devices but there are {n_devices}; use -1 for one axis")
+  return {name: sizes.get(name, 1) for name in AXES}
+
+
+def make_mesh(devices=None, spec: str | None = None) -> Mesh:
+  """The (data, expert, fsdp) mesh over `devices` (default: all devices of all processes).
+
+  `spec` sizes the axes (`parse_mesh`); the default puts every device on `data`. Devices keep their
+  `jax.devices()` order (by process, then local id), so each process's devices are contiguous.
+  """
   devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), (DATA,), axis_types=(AxisType.Auto,))
+  sizes = parse_mesh(spec, len(devices))
+  grid = np.asarray(devices).reshape(tuple(sizes[a] for a in AXES))
+  return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
+
+
+def describe(mesh: Mesh) -> str:
+  """"data 2 x fsdp 4": the axes of size > 1 (or "data 1")."""
+  parts = [f"{name} {size}" for name, size in mesh.shape.items() if size > 1]
+  return " x ".join(parts) or f"{DATA} 1"
+
+
+def batch_axes(mesh: Mesh) -> tuple:
+  """Every mesh axis splits the batch."""
+  return tuple(mesh.axis_names)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -57,7 +113,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA))
+  return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
 def replicate(mesh: Mesh, tree):

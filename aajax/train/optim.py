@@ -102,12 +102,25 @@ def with_freezing(tx: optax.GradientTransformation, patterns) -> optax.GradientT
                                lambda params: freeze_labels(patterns, params))
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm whose norm also counts the other devices' shards of fsdp/expert-split
+  gradients (inside the step a sharded leaf holds only its shard; `sharding.global_norm`)."""
+  from aajax.train.sharding import global_norm
+
+  def update_fn(updates, state, params=None):
+    del params
+    norm = global_norm(updates)
+    scale = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+    return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def from_config(config) -> optax.GradientTransformation:
   """optimizer(lr schedule) [after global-norm clipping], with `config.freeze` applied."""
   tx = base_optimizer(config, lr_schedule(config))
   clip = float(config.get("grad_clip", 0.0))
   if clip > 0:
-    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    tx = optax.chain(clip_by_global_norm(clip), tx)
   return with_freezing(tx, config.get("freeze", ()))
 
 

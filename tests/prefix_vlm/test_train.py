@@ -27,14 +27,13 @@ def logged(workdir, split="train"):
 
 def test_prefix_vlm_learns_and_exports_merged(tmp_path):
   config = tiny_config("prefix")
-  untrained_task = CaptionerTask()
-  frozen0, trainable0 = untrained_task.init(jax.random.split(jax.random.key(config.seed))[0], config)
-  before = untrained_task.evaluate(trainable0, frozen0, config)
-
   task = CaptionerTask()
   result = loop.train(task, config, str(tmp_path), mesh=make_mesh(jax.devices()[:1]))
   train = logged(str(tmp_path))
   after = result.eval_metrics
+  # the same model at its initial params (the loop's init rng), through the already compiled evaluation
+  frozen0, trainable0 = CaptionerTask().init(jax.random.split(jax.random.key(config.seed))[0], config)
+  before = task.evaluate(trainable0, frozen0, config)
   print("untrained", before, "trained", after, "train loss", train[0]["loss"], "->", train[-1]["loss"])
   assert train[-1]["loss"] < 0.6 * train[0]["loss"]
   assert after["token_acc"] > before["token_acc"] + 0.3 and after["word_acc"] > before["word_acc"] + 0.2
@@ -79,16 +78,14 @@ def test_projection_and_lora_learning_rates_are_separate():
 
 
 def test_xattn_baseline_trains_from_launch_train(tmp_path):
-  helpers = os.path.join(ROOT, "tests", "prefix_vlm", "helpers.py")
   cmd = [sys.executable, "-c",
          "import sys, runpy; sys.argv = sys.argv[1:]; runpy.run_module('launch.train', run_name='__main__')",
          "launch.train", "--config=configs/prefix_vlm.py:xattn", f"--workdir={tmp_path}",
          "--config.steps=40", "--config.log_every=10", "--config.batch_size=16", "--config.eval.batch_size=36",
          "--config.data.n_per_class=12", "--config.data.classes=brick,grass,coffee", "--config.data.max_len=14",
-         "--config.eval.max_new=12", "--config.model.vision.depth=1", "--config.model.vision.width=32",
+         "--config.eval.max_new=12", "--config.accum=2", "--config.model.vision.depth=1", "--config.model.vision.width=32",
          "--config.model.vision.patch=16", "--config.model.text.dim=32", "--config.model.text.n_layers=2",
          "--config.model.text.ff_dim=64", "--config.model.text.rotary_dim=4", "--config.lr=3e-3"]
-  del helpers
   proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(devices=2), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   workdir = os.path.join(str(tmp_path), "captions")

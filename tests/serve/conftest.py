@@ -29,7 +29,7 @@ def live(tmp_path_factory):
   write_image(image_dir / "cat.png", seed=11)
   aa = write_tiny_aa(str(tmp_path_factory.mktemp("aa") / "model"))
   settings = ServeSettings(max_body_bytes=2 ** 20, max_image_bytes=2 ** 20, max_image_pixels=1_000_000,
-                           max_prompt_tokens=64, max_tokens_cap=64, image_dir=str(image_dir), max_batch=8,
+                           max_prompt_tokens=64, max_tokens_cap=64, image_dir=str(image_dir), max_batch=4,
                            request_timeout_s=60)
   service = Service.demo(settings, anomaly=AnomalyScorer(aa))
   service.warmup()

@@ -34,7 +34,7 @@ def block_engine(live):
 
 
 def test_concurrent_requests_share_steps_and_match_single_runs(live, client):
-  bodies = [body(live, i) for i in range(8)]
+  bodies = [body(live, i) for i in range(live.engine.max_batch)]
   alone = [client.chat.completions.create(**b) for b in bodies]
   before = live.engine.stats()
   release = block_engine(live)  # let the whole burst queue up, so it is admitted together
@@ -46,7 +46,7 @@ def test_concurrent_requests_share_steps_and_match_single_runs(live, client):
   after = live.engine.stats()
   steps = after["decode_steps"] - before["decode_steps"]
   rows = after["batched_rows"] - before["batched_rows"]
-  assert rows / steps > 4, (rows, steps)  # eight requests decoded side by side
+  assert rows / steps > live.engine.max_batch / 2, (rows, steps)  # the requests decoded side by side
   for a, t in zip(alone, together):
     assert a.choices[0].message.content == t.choices[0].message.content
     assert a.usage.completion_tokens == t.usage.completion_tokens
@@ -91,3 +91,30 @@ def test_timeout_gives_504_and_health_answers_while_busy(live):
   finally:
     live.service.settings = settings
   wait_for(lambda: live.engine.active_rows() == 0 and live.engine.queue_depth() == 0)
+
+
+def test_full_queue_is_429(live):
+  limit = live.engine.max_queue
+  live.engine.max_queue = 0
+  try:
+    r = httpx.post(live.url + "/v1/chat/completions", json=body(live, 3), timeout=30)
+  finally:
+    live.engine.max_queue = limit
+  assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full" and r.headers["retry-after"]
+
+
+def test_a_failing_device_step_fails_its_requests_not_the_server(live, client):
+  programs, errors = live.engine.programs, live.engine.stats()["engine_errors"]
+  step = programs.step
+
+  def broken(*args, **kw):
+    raise RuntimeError("device lost")
+  programs.step = broken
+  try:
+    r = httpx.post(live.url + "/v1/chat/completions", json=body(live, 5, max_tokens=4), timeout=30)
+  finally:
+    programs.step = step
+  assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+  assert live.engine.alive and live.engine.stats()["engine_errors"] == errors + 1
+  again = client.chat.completions.create(**body(live, 5, max_tokens=4))
+  assert again.choices[0].finish_reason in ("stop", "length")

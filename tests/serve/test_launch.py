@@ -25,7 +25,7 @@ def test_demo_server_starts_answers_and_stops(tmp_path):
   port = free_port()
   env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".pytest_cache", "jax"),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5", "PYTHONPATH": ROOT}
-  proc = subprocess.Popen([sys.executable, "-m", "launch.serve", "--demo", "--port", str(port), "--max-tokens", "8",
+  proc = subprocess.Popen([sys.executable, "-m", "launch.serve", "--demo", "--port", str(port), "--max-tokens", "8", "--max-batch", "2",
                            "--log-level", "warning"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   url = f"http://127.0.0.1:{port}"
