@@ -510,7 +510,8 @@ class Engine:
   def _compile_batch_shapes(self):
     """Compile what load brings: the decode step at every running-batch width, the prefill at every
     admission group size for prompts up to 32 tokens, and the row moves between them, so that no
-    request under load waits for a compile (longer prompts compile on first use)."""
+    request under load waits for a compile (longer prompts and logprobs compile on first use).
+    Static arguments are passed exactly as serving passes them (jit keys on how they are given)."""
     t, p = self.cfg.text, self.params["text"]
     widths = [1 << i for i in range(R.next_power_of_two(self.max_batch).bit_length())]
     sizes = [n for n in widths if n <= self.max_batch]
@@ -520,12 +521,12 @@ class Engine:
       for bucket in WARM_PROMPT_BUCKETS:
         if self.cfg.prefix_len + bucket <= self.context:
           group[n] = self.programs.prefill(p, [self._empty_prefix] * n, np.zeros((n, bucket), np.int32),
-                                           np.ones((n,), np.int32), *sampling)[0]
+                                           np.ones((n,), np.int32), *sampling, top_k=0)[0]
     for width in widths:
       cache = kvc.init_cache(t.n_layers, width, self.context, t.n_kv_heads, t.head_dim, jnp.dtype(t.dtype))
       sampling = np.zeros((width,), np.int32), np.zeros((width,), np.float32), np.ones((width,), np.float32)
       cache = self.programs.step(p, cache, np.zeros((width,), np.int32), np.zeros((width,), bool), sampling[0],
-                                 sampling[0], *sampling[1:], banned=self.banned)[0]
+                                 sampling[0], *sampling[1:], banned=self.banned, top_k=0)[0]
       for n in (n for n in sizes if n <= width):
         cache = self.programs.put_rows(cache, group[n], np.arange(n, dtype=np.int32))
       for other in widths:
