@@ -1,9 +1,11 @@
 """Anomaly question answering built from masks, in Moondream's prompt templates (host side, numpy).
 
-Every labelled image gives five items; the answers come from its mask and defect type:
+Every labelled image gives five items; the answers come from its mask and defect type, in the
+words the synthetic caption set uses (`aajax.captioning.data`: defect phrases, mask position on a
+3 x 3 grid):
   yesno    query "Is there a defect in this image?"      -> "yes" / "no"
-  kind     query "What kind of defect is it?"            -> "scratch", "stain", ... / "none"
-  where    query "Where is the defect?"                  -> "top left", "center", ... / "none"
+  kind     query "What kind of defect is it?"            -> "a scratch", "a stain", ... / "none"
+  where    query "Where is the defect?"                  -> "the top left", "the center", ... / "none"
   explain  query "Is anything wrong here? Explain."      -> "yes, a scratch at the top left." /
                                                             "no, it looks normal."
   detect   detect " defect"                              -> one box per defect region, read through
@@ -26,6 +28,7 @@ import dataclasses
 
 import numpy as np
 
+from aajax.captioning.data import DEFECT_PHRASES, position_phrase
 from aajax.errors import DataError
 
 QA_KINDS = ("yesno", "kind", "where", "explain", "detect")
@@ -37,16 +40,14 @@ QUESTIONS = {
 }
 DETECT_OBJECT = "defect"
 OPEN_QUESTION = "Describe any defect or damage you see in this image."
-# Words for the synthetic set's defect types; other data sets' folder names are spelled out.
-DEFECT_WORDS = {"scratch": "scratch", "spot": "spot", "cut_paste": "misplaced patch", "stain": "stain",
-                "deform": "deformation"}
 
 TOKEN, COORD, SIZE = 0, 1, 2
 NO_TARGET = -1
 
 
-def defect_word(defect_type: str) -> str:
-  return DEFECT_WORDS.get(defect_type, defect_type.replace("_", " ").strip() or "defect")
+def defect_phrase(defect_type: str) -> str:
+  """"a scratch" for the synthetic types; other data sets' folder names spelled out ("a broken large")."""
+  return DEFECT_PHRASES.get(defect_type) or "a " + (defect_type.replace("_", " ").strip() or "defect")
 
 
 def boxes_from_mask(mask, max_boxes: int = 3, min_area: float = 0.002) -> list[tuple]:
@@ -71,30 +72,27 @@ def boxes_from_mask(mask, max_boxes: int = 3, min_area: float = 0.002) -> list[t
   return boxes
 
 
-def location_words(box) -> str:
-  """Coarse position of a box centre on a 3 x 3 grid: "top left", "top", ..., "center", ..."""
-  cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-  v = ("top", "", "bottom")[min(int(cy * 3), 2)]
-  h = ("left", "", "right")[min(int(cx * 3), 2)]
-  return " ".join(p for p in (v, h) if p) or "center"
-
-
-def answer_text(kind: str, label: int, defect_type: str, boxes) -> str:
+def answer_text(kind: str, label: int, defect_type: str, mask) -> str:
   if kind == "yesno":
     return "yes" if label else "no"
   if not label:
     return {"kind": "none", "where": "none", "explain": "no, it looks normal."}[kind]
-  word = defect_word(defect_type)
-  place = location_words(boxes[0]) if boxes else "center"
-  return {"kind": word, "where": place, "explain": f"yes, a {word} at the {place}."}[kind]
+  phrase = defect_phrase(defect_type)
+  place = position_phrase(np.asarray(mask)) if mask is not None and np.asarray(mask).any() else None
+  if kind == "kind":
+    return phrase
+  if kind == "where":
+    return place or "unknown"
+  return f"yes, {phrase} at {place}." if place else f"yes, {phrase}."
 
 
 def corpus() -> list[str]:
   """Every string the QA items are made of (for the demo tokenizer)."""
-  places = [location_words((x, y, x, y)) for x in (0.1, 0.5, 0.9) for y in (0.1, 0.5, 0.9)]
-  words = sorted(set(DEFECT_WORDS.values()))
-  texts = list(QUESTIONS.values()) + [OPEN_QUESTION, " " + DETECT_OBJECT, "yes", "no", "none", "no, it looks normal."]
-  texts += words + places + [f"yes, a {w} at the {p}." for w in words for p in places]
+  places = ["the center"] + [f"the {r} {c}" for r in ("top", "middle", "bottom") for c in ("left", "center", "right")]
+  phrases = sorted(set(DEFECT_PHRASES.values()))
+  texts = list(QUESTIONS.values()) + [OPEN_QUESTION, " " + DETECT_OBJECT, "yes", "no", "none", "unknown",
+                                      "no, it looks normal."]
+  texts += phrases + places + [f"yes, {p} at {w}." for p in phrases for w in places]
   return texts
 
 
@@ -205,12 +203,14 @@ def detect_item(tok, boxes, bins: Bins, context=None) -> Sequence:
   return seq
 
 
-def build_item(tok, kind: str, label: int, defect_type: str, boxes, bins: Bins, context=None) -> Sequence:
+def build_item(tok, kind: str, label: int, defect_type: str, mask, bins: Bins, context=None,
+               max_boxes: int = 3) -> Sequence:
+  """The item of one labelled image (mask: its {0, 1} mask, or None for a normal image)."""
   if kind == "detect":
-    return detect_item(tok, boxes, bins, context)
+    return detect_item(tok, boxes_from_mask(mask, max_boxes) if mask is not None else [], bins, context)
   if kind not in QUESTIONS:
     raise DataError(f"unknown QA kind {kind!r}; expected one of {QA_KINDS}")
-  return text_item(tok, kind, answer_text(kind, label, defect_type, boxes), context)
+  return text_item(tok, kind, answer_text(kind, label, defect_type, mask), context)
 
 
 def pad_sequences(items: list, length: int) -> dict:

@@ -153,8 +153,8 @@ class ItemsBuilder:
     for s, i, m in zip(samples, indices, masks):
       kind = self.q.kinds[rng.integers(len(self.q.kinds))]
       context = self.contexts[i] if (self.contexts is not None and rng.random() < self.q.context_fraction) else None
-      boxes = qa_lib.boxes_from_mask(m, self.q.max_boxes)
-      items.append(qa_lib.build_item(self.tok, kind, s.label, s.defect_type, boxes, self.bins, context))
+      items.append(qa_lib.build_item(self.tok, kind, s.label, s.defect_type, m, self.bins, context,
+                                     self.q.max_boxes))
     return qa_lib.pad_sequences(items, self.q.max_len)
 
 
@@ -194,11 +194,11 @@ def qa_items(task, samples, n_items: int, with_context: bool = True):
   rows, items = [], []
   for p, i in enumerate(picks):
     s = samples[i]
-    image = s.load_image()
-    boxes = qa_lib.boxes_from_mask(s.load_mask(image.shape[:2]), task.config.qa.max_boxes)
+    mask = s.load_mask(s.load_image().shape[:2])
     for kind in kinds:
       context = contexts[p] if contexts is not None and len(items) % 2 else None
-      items.append(qa_lib.build_item(builder.tok, kind, s.label, s.defect_type, boxes, builder.bins, context))
+      items.append(qa_lib.build_item(builder.tok, kind, s.label, s.defect_type, mask, builder.bins, context,
+                                     task.config.qa.max_boxes))
       rows.append((int(i), kind))
   return rows[:n_items], items[:n_items]
 

@@ -141,9 +141,13 @@ def test_qa_sequence_loss_matches_torch():
   mc = cfg.moondream
   tok = FakeTokenizer(cfg)
   bins = qa_lib.Bins.of(mc.region)
-  boxes = [(0.1, 0.2, 0.4, 0.5), (0.6, 0.6, 0.9, 0.8)]
-  items = [qa_lib.build_item(tok, "explain", 1, "scratch", boxes, bins, context=(0.8, boxes[:1])),
-           qa_lib.build_item(tok, "detect", 1, "stain", boxes, bins)]
+  mask = np.zeros((20, 20), np.uint8)
+  mask[12:16, 12:18] = 1   # two regions: two boxes
+  mask[4:10, 2:8] = 1
+  boxes = qa_lib.boxes_from_mask(mask)
+  assert len(boxes) == 2
+  items = [qa_lib.build_item(tok, "explain", 1, "scratch", mask, bins, context=(0.8, boxes[:1])),
+           qa_lib.build_item(tok, "detect", 1, "stain", mask, bins)]
   seq = qa_lib.pad_sequences(items, 24)
   crops = batch(cfg)["images"]
   ab = lora.init_lora(jax.random.PRNGKey(1), md["text"], cfg.lora)

@@ -104,3 +104,47 @@ def test_explain_and_diagnostic(run, tmp_path):
   report = (tmp_path / "report.md").read_text()
   assert "Decision rule" in report and "base Moondream" in report
   assert os.path.isfile(tmp_path / "silhouette.png")
+
+
+def random_aa_model(path: str) -> str:
+  """A small random AA-SigLIP model directory (what `launch.train --config=configs/aa_siglip.py` exports)."""
+  import jax
+  import ml_collections
+  from aajax.anomaly import objectives, recipe
+  from aajax.anomaly.data import Split
+  from aajax.anomaly.model import AAModel
+  from aajax.anomaly.prompts import prompt_ids
+  from aajax.anomaly.tasks import write_model
+  m = recipe.model_defaults()
+  m.tower = ml_collections.ConfigDict(dict(family="siglip", width=32, depth=4, heads=2, mlp_dim=64, patch=8,
+                                           image_size=32, text_len=12, vocab=512))
+  m.image_size, m.text_adapt_until = 32, 1
+  cfg = recipe.aa_config(m)
+  params = recipe.initial_params(cfg, m, jax.random.PRNGKey(0))
+  split = Split("synthetic", [], ["coins"], ["old coins on a tray"], ["Industrial"])
+  anchors = objectives.anchor_table(AAModel(cfg), params, prompt_ids(recipe.tokenizer_for(cfg, m), split.real_names))
+  write_model(path, cfg, params, recipe.tokenizer_spec(cfg, m), split, np.asarray(anchors), "siglip")
+  return path
+
+
+def test_hybrid_path_conditions_the_decoder_on_an_aa_model(run, tmp_path):
+  """The seed's hybrid path: an AA-SigLIP map and score handed to AA-Moondream's decoder."""
+  import dataclasses
+  from aajax.aa_moondream import exported, sources
+  from aajax.aa_moondream.runtime import AAMoondreamRuntime
+  from aajax.data.synthetic import make_synthetic
+  workdir, _ = run
+  aa_dir = random_aa_model(str(tmp_path / "aa"))
+  images = [s.load_image() for s in make_synthetic(image_size=64, classes=("coins",), n_test=2).test]
+  for name in ("coins", "metal washer"):   # a training class (stored anchors) or any object name
+    scores, maps = sources.AASource(aa_dir, name)(images)
+    assert scores.shape == (2,) and maps.shape == (2, 32, 32)
+    assert 0 <= scores.min() and scores.max() <= 1 and 0 <= maps.min() and maps.max() <= 1
+  trained = exported.load_model(workdir)
+  hybrid = dataclasses.replace(trained, source={"kind": "aa", "path": aa_dir, "class_name": "coins"})
+  rt = AAMoondreamRuntime(hybrid)
+  assert isinstance(rt.source, sources.AASource)
+  out = rt.explain(images[1])
+  assert out["map"].shape == (64, 64) and isinstance(out["text"], str)
+  with pytest.raises(Exception, match="needs the path"):
+    sources.make_source({"kind": "aa"})

@@ -25,22 +25,23 @@ def test_boxes_from_mask_largest_first_specks_dropped():
   assert qa.boxes_from_mask(tiny) == [(0.03, 0.03, 0.04, 0.04)]   # the only region is kept
 
 
-@pytest.mark.parametrize("box, words", [((0, 0, 0.2, 0.2), "top left"), ((0.4, 0.4, 0.6, 0.6), "center"),
-                                        ((0.8, 0.4, 1.0, 0.6), "right"), ((0.4, 0.8, 0.6, 1.0), "bottom"),
-                                        ((0.7, 0.7, 1.0, 1.0), "bottom right")])
-def test_location_words(box, words):
-  assert qa.location_words(box) == words
+def top_left_mask(size=12):
+  m = np.zeros((size, size), np.uint8)
+  m[0:3, 1:3] = 1
+  return m
 
 
 def test_answers():
-  box = [(0.0, 0.0, 0.2, 0.2)]
-  assert qa.answer_text("yesno", 1, "scratch", box) == "yes"
-  assert qa.answer_text("yesno", 0, "good", []) == "no"
-  assert qa.answer_text("kind", 1, "cut_paste", box) == "misplaced patch"
-  assert qa.answer_text("kind", 1, "broken_large", box) == "broken large"   # MVTec folder names
-  assert qa.answer_text("where", 0, "good", []) == "none"
-  assert qa.answer_text("explain", 1, "stain", box) == "yes, a stain at the top left."
-  assert qa.answer_text("explain", 0, "good", []) == "no, it looks normal."
+  m = top_left_mask()
+  assert qa.answer_text("yesno", 1, "scratch", m) == "yes"
+  assert qa.answer_text("yesno", 0, "good", None) == "no"
+  assert qa.answer_text("kind", 1, "cut_paste", m) == "a misplaced patch"
+  assert qa.answer_text("kind", 1, "broken_large", m) == "a broken large"   # MVTec folder names
+  assert qa.answer_text("where", 1, "spot", m) == "the top left"
+  assert qa.answer_text("where", 0, "good", None) == "none"
+  assert qa.answer_text("explain", 1, "stain", m) == "yes, a stain at the top left."
+  assert qa.answer_text("explain", 1, "stain", np.zeros((4, 4))) == "yes, a stain."   # label without a mask
+  assert qa.answer_text("explain", 0, "good", None) == "no, it looks normal."
 
 
 @pytest.mark.parametrize("scale", ["log", "linear"])
@@ -60,9 +61,9 @@ def test_bins_invert_the_decode_rules(scale):
 def test_text_item_targets_the_answer_then_eos():
   cfg = tiny_config()
   tok = FakeTokenizer(cfg)
-  seq = qa.build_item(tok, "kind", 1, "scratch", [(0, 0, 1, 1)], qa.Bins.of(cfg.moondream.region), context=None)
+  seq = qa.build_item(tok, "kind", 1, "scratch", top_left_mask(), qa.Bins.of(cfg.moondream.region), context=None)
   prompt = tok.query_prompt(qa.QUESTIONS["kind"])
-  answer = tok.encode("scratch")
+  answer = tok.encode("a scratch")
   assert seq.token == prompt + answer
   eos = cfg.moondream.tokenizer.eos_id
   assert seq.t_token == [qa.NO_TARGET] * (len(prompt) - 1) + answer + [eos]
@@ -74,8 +75,11 @@ def test_detect_item_is_what_generate_points_reads():
   cfg = tiny_config()
   tok = FakeTokenizer(cfg)
   bins = qa.Bins.of(cfg.moondream.region)
-  boxes = [(0.1, 0.2, 0.3, 0.6)]
-  seq = qa.build_item(tok, "detect", 1, "spot", boxes, bins, context=(0.9, boxes))
+  mask = np.zeros((10, 10), np.uint8)
+  mask[2:6, 1:3] = 1
+  boxes = qa.boxes_from_mask(mask)
+  assert boxes == [(0.1, 0.2, 0.3, 0.6)]
+  seq = qa.build_item(tok, "detect", 1, "spot", mask, bins, context=(0.9, boxes))
   n_ctx = 1 + 3   # score + one box
   prompt = tok.object_prompt("detect", qa.DETECT_OBJECT)
   assert seq.kind[:n_ctx] == [qa.COORD, qa.COORD, qa.COORD, qa.SIZE]
@@ -87,7 +91,7 @@ def test_detect_item_is_what_generate_points_reads():
   assert seq.t_coord[end + 1] == bins.coord(0.4)
   assert seq.t_size[end + 2] == (bins.size(0.2), bins.size(0.4))
   assert seq.t_token[end + 3] == cfg.moondream.tokenizer.eos_id
-  normal = qa.build_item(tok, "detect", 0, "good", [], bins)
+  normal = qa.build_item(tok, "detect", 0, "good", None, bins)
   assert normal.t_token[-1] == cfg.moondream.tokenizer.eos_id and len(normal) == len(prompt)
 
 
@@ -95,12 +99,12 @@ def test_padding_and_overflow():
   cfg = tiny_config()
   tok = FakeTokenizer(cfg)
   bins = qa.Bins.of(cfg.moondream.region)
-  items = [qa.build_item(tok, k, 1, "spot", [(0, 0, 0.5, 0.5)], bins) for k in qa.QA_KINDS]
+  items = [qa.build_item(tok, k, 1, "spot", top_left_mask(), bins) for k in qa.QA_KINDS]
   arrays = qa.pad_sequences(items, 32)
   assert arrays["kind"].shape == (5, 32) and list(arrays["lengths"]) == [len(s) for s in items]
   assert (arrays["t_token"][0, len(items[0]):] == qa.NO_TARGET).all()
   with pytest.raises(DataError, match="max_len"):
     qa.pad_sequences(items, 4)
   with pytest.raises(DataError, match="unknown QA kind"):
-    qa.build_item(tok, "poem", 1, "spot", [], bins)
+    qa.build_item(tok, "poem", 1, "spot", None, bins)
   assert "yes, a stain at the top left." in qa.corpus()

@@ -1,6 +1,6 @@
 """Full-size random-init towers saved in the real formats, converted by the CLI, compared with torch.
 
-    flock /work/locks/big.lock python -m pytest -q -m full tests/encoders/test_full_parity.py
+    python -m pytest -q -m full tests/encoders/test_full_parity.py   # one at a time: several GiB each
 
 Every real tensor name and shape is exercised without a download: SigLIP so400m-patch14-384 (HF,
 sharded safetensors), SigLIP base-patch16-224 as a scanned big_vision .npz, CLIP ViT-L/14-336 as an
