@@ -144,6 +144,35 @@ def _service(md, model_id, max_batch, engine=None, cache_mib=512):
   return Service(md, model_id, settings, engine=engine)
 
 
+class CompileCounter:
+  """Counts XLA compilations (jax_log_compiles messages) while active: a figure taken while the
+  server compiles a new shape is not a steady-state figure."""
+
+  def __init__(self):
+    import logging
+    self.count, self.handler = 0, logging.Handler()
+    self.handler.emit = self._emit
+
+  def _emit(self, record):
+    if record.getMessage().startswith("Finished XLA compilation"):
+      self.count += 1
+
+  def __enter__(self):
+    import logging
+
+    import jax
+    jax.config.update("jax_log_compiles", True)
+    logging.getLogger("jax").addHandler(self.handler)
+    return self
+
+  def __exit__(self, *exc):
+    import logging
+
+    import jax
+    logging.getLogger("jax").removeHandler(self.handler)
+    jax.config.update("jax_log_compiles", False)
+
+
 def run_mode(mode: str, md, model_id: str, args, images) -> dict:
   from aajax.serve.app import create_app
   from aajax.serve.live import serve_in_thread
@@ -163,7 +192,9 @@ def run_mode(mode: str, md, model_id: str, args, images) -> dict:
                       args.max_tokens)
       warm_s = time.perf_counter() - t0
       busy0, own0 = machine_busy_s(), own_cpu_s()
-      res = run_load(url, model_id, images, args.requests, args.concurrency, args.max_tokens)
+      with CompileCounter() as compiles:
+        res = run_load(url, model_id, images, args.requests, args.concurrency, args.max_tokens)
+      res["compiles_during_run"] = compiles.count
       res["other_cpu_s"] = round(max(0.0, (machine_busy_s() - busy0) - (own_cpu_s() - own0)), 3)
       res["compile_warmup_s"], res["burst_warmup_s"], res["warmup_errors"] = compile_s, warm_s, warm["errors"]
       stats = service.engine.stats()
