@@ -150,9 +150,20 @@ def run_torch(cfg, args):
   return res
 
 
-def one_impl(args):
+def bench_config(args):
+  """The named config, optionally with fewer layers (same widths) for a quick, smaller run."""
+  import dataclasses
   from aajax.vlm.config import get_config
   cfg = get_config(args.config)
+  if args.layers:
+    cfg = cfg.replace(text=dataclasses.replace(cfg.text, n_layers=args.layers))
+  if args.vision_layers:
+    cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, enc_n_layers=args.vision_layers))
+  return cfg
+
+
+def one_impl(args):
+  cfg = bench_config(args)
   busy0, own0, t0 = _machine_busy_s(), _own_cpu_s(), time.time()
   res = (run_jax if args.impl == "jax" else run_torch)(cfg, args)
   res["peak_rss_mib"] = _peak_mib()
@@ -187,6 +198,8 @@ def main(argv=None):
   ap.add_argument("--tokens", type=int, default=32, help="decode steps")
   ap.add_argument("--runs", type=int, default=3)
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--layers", type=int, default=None, help="text layers (default: the config's)")
+  ap.add_argument("--vision_layers", type=int, default=None, help="vision layers (default: the config's)")
   ap.add_argument("--impl", choices=["jax", "torch"], default=None, help=argparse.SUPPRESS)
   ap.add_argument("--out", default="benchmarks/results/decoder.json")
   args = ap.parse_args(argv)

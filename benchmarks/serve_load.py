@@ -10,7 +10,7 @@ token is measured too):
 and the image cache: latency of a request whose image is new (vision + image prefill) against one
 whose image is cached, one at a time.
 
-  python -m benchmarks.serve_load --demo [--requests 200] [--concurrency 16] [--max-tokens 16]
+  python -m benchmarks.serve_load --demo [--size small] [--requests 200] [--concurrency 16] [--max-tokens 16]
   python -m benchmarks.serve_load --model models/md2 --modes batched unbatched
 
 Compilation is kept out of the figures: each mode first serves a warm-up burst at the same
@@ -122,12 +122,55 @@ def cache_latency(base_url: str, model: str, images: list, max_tokens: int = 1) 
   return {"images": len(images), "miss_median_s": m, "hit_median_s": h, "saved_s": m - h, "speedup": m / h}
 
 
+def greedy_answers(base_url: str, model: str, images: list, max_tokens: int) -> list:
+  """One greedy answer per image, one request at a time (to compare the modes' outputs)."""
+  import httpx
+  out = []
+  with httpx.Client(timeout=300) as client:
+    for i, img in enumerate(images):
+      content = [{"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]}, {"type": "image_url", "image_url": {"url": img}}]
+      r = client.post(base_url + "/v1/chat/completions", json={"model": model, "max_tokens": max_tokens, "temperature": 0,
+                                                               "messages": [{"role": "user", "content": content}]})
+      r.raise_for_status()
+      out.append(r.json()["choices"][0]["message"]["content"])
+  return out
+
+
 def _service(md, model_id, max_batch, engine=None, cache_mib=512):
   from aajax.serve.service import Service
   from aajax.serve.settings import ServeSettings
   settings = ServeSettings(max_batch=max_batch, cache_bytes=int(cache_mib * 2 ** 20), max_tokens_cap=4096,
                            request_timeout_s=3600, max_queue=100000)
   return Service(md, model_id, settings, engine=engine)
+
+
+class CompileCounter:
+  """Counts XLA compilations (jax_log_compiles messages) while active: a figure taken while the
+  server compiles a new shape is not a steady-state figure."""
+
+  def __init__(self):
+    import logging
+    self.count, self.handler = 0, logging.Handler()
+    self.handler.emit = self._emit
+
+  def _emit(self, record):
+    if record.getMessage().startswith("Finished XLA compilation"):
+      self.count += 1
+
+  def __enter__(self):
+    import logging
+
+    import jax
+    jax.config.update("jax_log_compiles", True)
+    logging.getLogger("jax").addHandler(self.handler)
+    return self
+
+  def __exit__(self, *exc):
+    import logging
+
+    import jax
+    logging.getLogger("jax").removeHandler(self.handler)
+    jax.config.update("jax_log_compiles", False)
 
 
 def run_mode(mode: str, md, model_id: str, args, images) -> dict:
@@ -137,24 +180,27 @@ def run_mode(mode: str, md, model_id: str, args, images) -> dict:
   engine = None
   if mode == "torch":
     from benchmarks.torch_serving import TorchEngine
-    engine = TorchEngine.from_jax(md)
+    engine = TorchEngine.from_jax(md, args.threads)
   service = _service(md, model_id, 1 if mode == "unbatched" else args.max_batch, engine)
   t0 = time.perf_counter()
   service.warmup()  # compiles every batch width (JAX modes)
   compile_s = time.perf_counter() - t0
   try:
     with serve_in_thread(create_app(service)) as url:
-      t0 = time.perf_counter()
-      warm = run_load(url, model_id, images, max(args.concurrency, args.max_batch) * 2, max(args.concurrency, args.max_batch),
+      t0 = time.perf_counter()  # the same load once untimed: compiles any shape the warm-up missed
+      warm = run_load(url, model_id, images, args.concurrency if mode == "torch" else args.requests, args.concurrency,
                       args.max_tokens)
       warm_s = time.perf_counter() - t0
       busy0, own0 = machine_busy_s(), own_cpu_s()
-      res = run_load(url, model_id, images, args.requests, args.concurrency, args.max_tokens)
+      with CompileCounter() as compiles:
+        res = run_load(url, model_id, images, args.requests, args.concurrency, args.max_tokens)
+      res["compiles_during_run"] = compiles.count
       res["other_cpu_s"] = round(max(0.0, (machine_busy_s() - busy0) - (own_cpu_s() - own0)), 3)
       res["compile_warmup_s"], res["burst_warmup_s"], res["warmup_errors"] = compile_s, warm_s, warm["errors"]
       stats = service.engine.stats()
       if stats.get("decode_steps"):
         res["mean_rows_per_decode_step"] = stats["batched_rows"] / stats["decode_steps"]
+      res["answers"] = greedy_answers(url, model_id, images[:4], args.max_tokens)
       if mode == "batched" and args.cache_images:
         res["image_cache"] = cache_latency(url, model_id, random_images(args.cache_images, seed=99))
   finally:
@@ -162,27 +208,56 @@ def run_mode(mode: str, md, model_id: str, args, images) -> dict:
   return res
 
 
+def small_demo():
+  """The tiny demo model with a wider, deeper decoder (dim 512, 6 layers: 19 M decoder params), where
+  reading the weights dominates a decode step, as in real models."""
+  import dataclasses
+  from aajax.serve.service import demo_tokenizer, random_params
+  from aajax.vlm.config import tiny
+  from aajax.vlm.moondream import Moondream
+  from aajax.vlm.tokenizer import MoondreamTokenizer
+  base = tiny()
+  cfg = base.replace(text=dataclasses.replace(base.text, dim=512, ff_dim=2048, n_layers=6, n_heads=8, n_kv_heads=8,
+                                              rotary_dim=32),
+                     vision=dataclasses.replace(base.vision, proj_out_dim=512),
+                     region=dataclasses.replace(base.region, dim=512)).validate()
+  return Moondream(cfg, random_params(cfg), MoondreamTokenizer(demo_tokenizer(cfg.text.vocab_size), cfg.tokenizer))
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   src = ap.add_mutually_exclusive_group(required=True)
   src.add_argument("--demo", action="store_true", help="the tiny random Moondream")
   src.add_argument("--model", help="a converted Moondream directory")
+  ap.add_argument("--size", choices=["tiny", "small"], default="tiny", help="--demo model size")
+  ap.add_argument("--threads", type=int, default=1,
+                  help="CPU threads of XLA and torch (0: their defaults); 1 is fair on a small shared machine")
   ap.add_argument("--requests", type=int, default=200)
   ap.add_argument("--concurrency", type=int, default=16)
   ap.add_argument("--max-tokens", type=int, default=16)
   ap.add_argument("--max-batch", type=int, default=16)
   ap.add_argument("--images", type=int, default=8, help="distinct images in the load (the rest are cache hits)")
   ap.add_argument("--cache-images", type=int, default=5, help="images of the cache miss/hit measurement")
-  ap.add_argument("--modes", nargs="+", default=["batched", "unbatched"],
+  ap.add_argument("--modes", nargs="+", default=["batched", "unbatched", "torch"],
                   choices=["batched", "unbatched", "torch"])
   ap.add_argument("--out", default="benchmarks/results/serve_load.json")
   args = ap.parse_args(argv)
   import logging
+  import os
+  if args.threads == 1:  # before JAX starts
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+  if args.threads:
+    import torch
+    torch.set_num_threads(args.threads)
   logging.getLogger("aajax.serve").setLevel(logging.WARNING)
   from aajax.serve.service import DEMO_MODEL_ID, demo_moondream
   from aajax.vlm.moondream import Moondream
   from benchmarks.harness import environment, write_json
-  md = demo_moondream() if args.demo else Moondream.from_pretrained(args.model)
+  if args.demo:
+    md = demo_moondream() if args.size == "tiny" else small_demo()
+  else:
+    md = Moondream.from_pretrained(args.model)
   model_id = DEMO_MODEL_ID if args.demo else "model"
   images = random_images(args.images)
   results = {}
@@ -193,13 +268,15 @@ def main(argv=None) -> int:
     print(f"  {r['throughput_rps']:.2f} req/s, {r['tokens_per_s']:.1f} tok/s, p50 {r['latency_p50_s']:.3f} s, "
           f"p95 {r['latency_p95_s']:.3f} s, errors {r['errors']}", flush=True)
   summary = {}
+  modes = list(results)
+  summary["same_greedy_answers"] = all(results[m]["answers"] == results[modes[0]]["answers"] for m in modes)
   if "batched" in results and "unbatched" in results:
     summary["batched_vs_unbatched_throughput"] = results["batched"]["throughput_rps"] / results["unbatched"]["throughput_rps"]
   if "batched" in results and "torch" in results:
     summary["batched_vs_torch_throughput"] = results["batched"]["throughput_rps"] / results["torch"]["throughput_rps"]
   if "unbatched" in results and "torch" in results:
     summary["unbatched_vs_torch_throughput"] = results["unbatched"]["throughput_rps"] / results["torch"]["throughput_rps"]
-  doc = {"model": "tiny demo" if args.demo else args.model, "args": vars(args), "environment": environment(),
+  doc = {"model": f"{args.size} demo" if args.demo else args.model, "args": vars(args), "environment": environment(),
          "results": results, "summary": summary}
   write_json(args.out, doc)
   print(summary)

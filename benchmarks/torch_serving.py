@@ -95,8 +95,8 @@ def sample(logits, temperature: float, top_p: float, generator, banned=()):
 class TorchEngine:
   """The `aajax.serve.engine.Engine` interface over `TorchMoondream`, one request at a time."""
 
-  def __init__(self, model: TorchMoondream, context: int):
-    self.model, self.cfg, self.context = model, model.cfg, context
+  def __init__(self, model: TorchMoondream, context: int, threads: int = 0):
+    self.model, self.cfg, self.context, self.threads = model, model.cfg, context, threads
     self.max_batch = 1
     self.image_cache = _CountingDict()
     self._inbox: queue.Queue = queue.Queue()
@@ -108,10 +108,11 @@ class TorchEngine:
     self._thread.start()
 
   @classmethod
-  def from_jax(cls, md):
+  def from_jax(cls, md, threads: int = 0):
+    """The same weights as a JAX `Moondream`; threads: torch intra-op threads (0: torch's default)."""
     from weights_convert.moondream import params_to_state
     state = params_to_state(md.params, md.cfg)
-    return cls(TorchMoondream(state, md.cfg), md.cfg.text.max_context)
+    return cls(TorchMoondream(state, md.cfg), md.cfg.text.max_context, threads)
 
   @property
   def alive(self) -> bool:
@@ -148,6 +149,8 @@ class TorchEngine:
 
   def _loop(self):
     torch.set_grad_enabled(False)
+    if self.threads:  # per thread under OpenMP: set it where the work runs
+      torch.set_num_threads(self.threads)
     while not self._stop.is_set():
       req = self._inbox.get()
       if req is None:

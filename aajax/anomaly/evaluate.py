@@ -54,17 +54,25 @@ def evaluate(model, params, anchor_table, loader, domains, outdir: str, heatmaps
              progress=print) -> dict:
   """One pass over `loader`: per-class metrics, metrics.{md,csv,json}, heatmaps/ and curves/ in
   `outdir`; returns the mean row ({metric: value})."""
+  fns = {d: inference.make_grid_fn(model, d) for d in set(domains)}
+  predict = {d: (lambda fn: lambda images, class_ids: fn(params, anchor_table, images, class_ids))(fn)
+             for d, fn in fns.items()}
+  return evaluate_predictions(predict, model.cfg.image_size, loader, domains, outdir, heatmaps_per_class, progress)
+
+
+def evaluate_predictions(predict: dict, image_size: int, loader, domains, outdir: str, heatmaps_per_class: int = 4,
+                         progress=print) -> dict:
+  """`evaluate` for any model: predict[domain](images, class_ids) -> (grid maps [B, g, g] already
+  blurred for that domain, detection scores [B])."""
   from aajax.data.transforms import denormalize
   from aajax.eval import report
   from aajax.eval.evaluator import Evaluator
-  evaluator = Evaluator(loader.class_names, domains, model.cfg.image_size)
-  fns = {d: inference.make_grid_fn(model, d) for d in set(domains)}
+  evaluator = Evaluator(loader.class_names, domains, image_size)
   shown = {c: [] for c in range(len(loader.class_names))}   # (evaluator index, label, image, mask)
   start, seen = time.perf_counter(), 0
   for batch in loader:
     valid = np.asarray(batch.get("valid", np.ones(len(batch["labels"]), bool)))
-    outs = {d: fns[d](params, anchor_table, batch["images"], batch["class_ids"])
-            for d in {domains[c] for c in batch["class_ids"]}}
+    outs = {d: predict[d](batch["images"], batch["class_ids"]) for d in {domains[c] for c in batch["class_ids"]}}
     grid = np.stack([np.asarray(outs[domains[c]][0][i]) for i, c in enumerate(batch["class_ids"])])
     det = np.asarray([float(outs[domains[c]][1][i]) for i, c in enumerate(batch["class_ids"])])
     for i in np.flatnonzero(valid):

@@ -193,8 +193,6 @@ def create_app(service) -> FastAPI:
   async def anomaly(body: AnomalyRequest, request: Request):
     _require_json(request)
     service.check_model(body.model, "anomaly")
-    if service.anomaly is None:
-      service.check_model("", "anomaly")
     url = body.image_url if isinstance(body.image_url, str) else body.image_url.url
     image = await run_in_threadpool(load_image_url, url, service.settings, "image_url")
     fut = service.engine.run_job(lambda: service.anomaly.score(image.pixels, body.class_name, body.threshold,

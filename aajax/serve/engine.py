@@ -38,7 +38,12 @@ from aajax.vlm import generate as G
 from aajax.vlm.runtime import EncodedImage, MoondreamFns, encode_image
 
 log = logging.getLogger("aajax.serve")
-PROMPT_BUCKET = G.PROMPT_BUCKET
+PROMPT_BUCKET = 16       # prompts are right padded to 16, 32, 64, ... tokens: few prefill shapes
+WARM_PROMPT_BUCKETS = (16, 32)
+
+
+def prompt_bucket(length: int) -> int:
+  return max(PROMPT_BUCKET, R.next_power_of_two(length))
 
 
 class Overloaded(Exception):
@@ -345,7 +350,7 @@ class Engine:
     prefixes = [self._empty_prefix if enc is None else enc.cache for _, (enc, _), _ in group]
     bases = [0 if enc is None else self.cfg.prefix_len for _, (enc, _), _ in group]
     lengths = [len(r.prompt) for r in reqs]
-    t_pad = min(-(-max(lengths) // PROMPT_BUCKET) * PROMPT_BUCKET, s - max(bases))
+    t_pad = min(prompt_bucket(max(lengths)), s - max(bases))
     tokens = np.zeros((len(group), t_pad), np.int32)
     for i, r in enumerate(reqs):
       tokens[i, :len(r.prompt)] = r.prompt
@@ -503,20 +508,30 @@ class Engine:
 
   # -- warm-up ------------------------------------------------------------------------------------
   def _compile_batch_shapes(self):
-    """Compile the decode step at every running-batch width and the prefill at every admission
-    group size (short prompts), so that no request under load waits for a compile."""
+    """Compile what load brings: the decode step at every running-batch width, the prefill at every
+    admission group size for prompts up to 32 tokens, and the row moves between them, so that no
+    request under load waits for a compile (longer prompts and logprobs compile on first use).
+    Static arguments are passed exactly as serving passes them (jit keys on how they are given)."""
     t, p = self.cfg.text, self.params["text"]
-    for n in (1 << i for i in range(self.max_batch.bit_length())):
+    widths = [1 << i for i in range(R.next_power_of_two(self.max_batch).bit_length())]
+    sizes = [n for n in widths if n <= self.max_batch]
+    group = {}
+    for n in sizes:
       sampling = np.zeros((n,), np.int32), np.zeros((n,), np.float32), np.ones((n,), np.float32)
-      jax.block_until_ready(self.programs.prefill(p, [self._empty_prefix] * n, np.zeros((n, PROMPT_BUCKET), np.int32),
-                                                  np.ones((n,), np.int32), *sampling))
-    width = 1
-    while width <= R.next_power_of_two(self.max_batch):
+      for bucket in WARM_PROMPT_BUCKETS:
+        if self.cfg.prefix_len + bucket <= self.context:
+          group[n] = self.programs.prefill(p, [self._empty_prefix] * n, np.zeros((n, bucket), np.int32),
+                                           np.ones((n,), np.int32), *sampling, top_k=0)[0]
+    for width in widths:
       cache = kvc.init_cache(t.n_layers, width, self.context, t.n_kv_heads, t.head_dim, jnp.dtype(t.dtype))
       sampling = np.zeros((width,), np.int32), np.zeros((width,), np.float32), np.ones((width,), np.float32)
-      jax.block_until_ready(self.programs.step(p, cache, np.zeros((width,), np.int32), np.zeros((width,), bool),
-                                               sampling[0], sampling[0], *sampling[1:], banned=self.banned))
-      width *= 2
+      cache = self.programs.step(p, cache, np.zeros((width,), np.int32), np.zeros((width,), bool), sampling[0],
+                                 sampling[0], *sampling[1:], banned=self.banned, top_k=0)[0]
+      for n in (n for n in sizes if n <= width):
+        cache = self.programs.put_rows(cache, group[n], np.arange(n, dtype=np.int32))
+      for other in widths:
+        if other != width:
+          jax.block_until_ready(self.programs.take_rows(cache, np.zeros((other,), np.int32)))
 
   def warmup(self, image: RequestImage, prompt: list, text_prompt: list, timeout: float = 600.0):
     """Compile the common paths (image encode, prefill, decode at every batch width) before serving."""

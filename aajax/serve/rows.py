@@ -32,13 +32,22 @@ def sample_rows(logits, seeds, counters, temperature, top_p, banned=(), top_k=0)
   The log-probabilities are those of the model's own distribution with the banned ids removed
   (as `aajax.decoder.sampling.sample`)."""
   logits = ban(logits, banned)
-  keys = jax.vmap(lambda s, c: jax.random.fold_in(jax.random.PRNGKey(s), c))(seeds, counters)
-  tokens, logprobs = jax.vmap(lambda l, k, t, p: sample(l[None], k, t, p))(logits, keys, temperature, top_p)
+
+  def sampled(_):
+    keys = jax.vmap(lambda s, c: jax.random.fold_in(jax.random.PRNGKey(s), c))(seeds, counters)
+    tokens, logprobs = jax.vmap(lambda l, k, t, p: sample(l[None], k, t, p))(logits, keys, temperature, top_p)
+    return tokens[:, 0], logprobs[:, 0]
+
+  def greedy(_):  # the same result for all-greedy batches, without the per-row sorts of top-p
+    tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return tokens, jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1)[:, 0]
+
+  tokens, logprobs = jax.lax.cond(jnp.any(temperature > 0), sampled, greedy, None)
   if top_k:
     top_lp, top_ids = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), top_k)
   else:
     top_lp = top_ids = jnp.zeros((logits.shape[0], 0))
-  return tokens[:, 0], logprobs[:, 0], top_ids, top_lp
+  return tokens, logprobs, top_ids, top_lp
 
 
 def _pad_slots(cache, size: int):

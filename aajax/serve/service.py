@@ -123,17 +123,15 @@ class Service:
 
   # -- requests -> engine work --------------------------------------------------------------------
   def check_model(self, name: Optional[str], kind: str = "vlm"):
-    if name is None:
-      return
+    """404 (as OpenAI answers an unknown model) unless `name` is None or this server's model."""
     if kind == "anomaly":
       if self.anomaly is None:
         raise ApiError(404, "this server has no anomaly model (start it with --anomaly-model)", "model_not_found",
                        "model")
-      if name != self.anomaly.model_id:
+      if name is not None and name != self.anomaly.model_id:
         raise ApiError(404, f"the model {name!r} does not exist; the anomaly model is {self.anomaly.model_id!r}",
                        "model_not_found", "model")
-      return
-    if name != self.model_id:
+    elif name is not None and name != self.model_id:
       known = ", ".join(repr(m) for m in self.model_ids())
       raise ApiError(404, f"the model {name!r} does not exist; this server has {known}", "model_not_found", "model")
 

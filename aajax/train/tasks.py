@@ -8,7 +8,8 @@ from typing import Callable
 
 from aajax.errors import ConfigError
 
-_BUILTIN_MODULES: tuple[str, ...] = ("aajax.train.toy", "aajax.anomaly.tasks", "aajax.captioning.tasks")
+_BUILTIN_MODULES: tuple[str, ...] = ("aajax.train.toy", "aajax.anomaly.tasks", "aajax.captioning.tasks",
+                                     "aajax.aa_moondream.tasks")
 
 _FACTORIES: dict[str, Callable] = {}
 

@@ -109,7 +109,8 @@ def openai_outputs(model, images, ids):
     t = torch.from_numpy(np.asarray(ids, np.int64))
     img, img_hidden = model.encode_image(x)
     txt, txt_hidden = model.encode_text(t)
-    _, _, logits = model(x, t)
+    unit = lambda v: v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    logits = model.logit_scale.exp() * unit(txt) @ unit(img).t()
   return {"image": img, "text": txt, "logits": logits, "image_hidden": img_hidden, "text_hidden": txt_hidden}
 
 

@@ -3,7 +3,7 @@ safetensors), converted with the CLI, compared against the torch reference and t
 PhiForCausalLM, and run end to end.
 
 Memory: the params are held once (float32, ~7.7 GB); the references read zero-copy views of them.
-Run under `flock /work/locks/big.lock` on shared machines.
+On a shared machine, run the full tests one at a time, with nothing else memory-hungry alongside.
 """
 import gc
 

@@ -91,3 +91,30 @@ def test_timeout_gives_504_and_health_answers_while_busy(live):
   finally:
     live.service.settings = settings
   wait_for(lambda: live.engine.active_rows() == 0 and live.engine.queue_depth() == 0)
+
+
+def test_full_queue_is_429(live):
+  limit = live.engine.max_queue
+  live.engine.max_queue = 0
+  try:
+    r = httpx.post(live.url + "/v1/chat/completions", json=body(live, 3), timeout=30)
+  finally:
+    live.engine.max_queue = limit
+  assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full" and r.headers["retry-after"]
+
+
+def test_a_failing_device_step_fails_its_requests_not_the_server(live, client):
+  programs, errors = live.engine.programs, live.engine.stats()["engine_errors"]
+  step = programs.step
+
+  def broken(*args, **kw):
+    raise RuntimeError("device lost")
+  programs.step = broken
+  try:
+    r = httpx.post(live.url + "/v1/chat/completions", json=body(live, 5, max_tokens=4), timeout=30)
+  finally:
+    programs.step = step
+  assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+  assert live.engine.alive and live.engine.stats()["engine_errors"] == errors + 1
+  again = client.chat.completions.create(**body(live, 5, max_tokens=4))
+  assert again.choices[0].finish_reason in ("stop", "length")
