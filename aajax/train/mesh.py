@@ -24,12 +24,16 @@ AXES = (DATA, EXPERT, FSDP)
 
 
 def maybe_initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                                 process_id: int | None = None) -> bool:
+                                 process_id: int | None = None, auto: bool = False) -> bool:
   """Starts JAX's multi-process runtime when this is one process of several. Returns True if started.
 
   Must run before any other JAX call. Explicit arguments win; otherwise the environment decides:
     JAX_COORDINATOR_ADDRESS (host:port) + JAX_NUM_PROCESSES + JAX_PROCESS_ID: explicit, any platform;
-    a Slurm job step with several tasks, or a Cloud TPU VM: JAX detects everything itself.
+    a Slurm job step with several tasks, a GKE TPU pod (TPU_WORKER_HOSTNAMES / TPU_PROCESS_ADDRESSES),
+    or `auto` / AAJAX_DISTRIBUTED=1 (a Cloud TPU VM pod slice, whose workers only the metadata server
+    describes): JAX detects everything itself.
+  JAX_LOCAL_DEVICE_IDS="0,1,..." names the accelerators this process drives (Slurm with one task per
+  node and several GPUs: JAX would otherwise take only GPU [SLURM_LOCALID]).
   A plain single process (no such variables) starts nothing.
   """
   coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
@@ -37,15 +41,20 @@ def maybe_initialize_distributed(coordinator_address: str | None = None, num_pro
     num_processes = int(os.environ["JAX_NUM_PROCESSES"])
   if process_id is None and os.environ.get("JAX_PROCESS_ID"):
     process_id = int(os.environ["JAX_PROCESS_ID"])
+  local = os.environ.get("JAX_LOCAL_DEVICE_IDS", "").strip()
+  try:
+    local_device_ids = [int(i) for i in local.split(",")] if local else None
+  except ValueError:
+    raise ConfigError(f"JAX_LOCAL_DEVICE_IDS={local!r} is not a comma-separated list of integers") from None
+  auto = auto or os.environ.get("AAJAX_DISTRIBUTED", "") not in ("", "0")
   if coordinator_address:
     if num_processes is None or process_id is None:
       raise ConfigError("a coordinator address needs the number of processes and this process's id "
                         "(JAX_NUM_PROCESSES and JAX_PROCESS_ID, or --num_processes and --process_id)")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in os.environ:
-    jax.distributed.initialize()
-  elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
-    jax.distributed.initialize()
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, local_device_ids=local_device_ids)
+  elif (auto or (int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in os.environ)
+        or (os.environ.get("TPU_PROCESS_ADDRESSES") or os.environ.get("TPU_WORKER_HOSTNAMES", "")).count(",") > 0):
+    jax.distributed.initialize(local_device_ids=local_device_ids)
   else:
     return False
   logging.info("process %d of %d, %d local devices, %d in all", jax.process_index(), jax.process_count(),
