@@ -66,8 +66,10 @@ class AAMoondreamRuntime:
     crops = sources.crops_of([to_rgb(im) for im in _as_list(images)], self.cfg.image_size)
     return qa_model.encode_crops(self.fns, self.params, crops)
 
-  def ask(self, images, question: str, context: bool = True, max_tokens: int = 32, results=None) -> list[str]:
-    """Greedy answers to `question` about each image, after the anomaly context when `context`."""
+  def ask(self, images, question: str, context: bool = True, max_tokens: int = 32, results=None,
+          encoded=None) -> list[str]:
+    """Greedy answers to `question` about each image, after the anomaly context when `context`
+    (`results`: `analyse` of these images, `encoded`: their `encode`, when already computed)."""
     images = _as_list(images)
     if context and results is None:
       results = self.analyse(images)
@@ -78,19 +80,20 @@ class AAMoondreamRuntime:
         qa_lib.add_context(seq, results[i]["score"], results[i]["boxes"])
       seq.tokens(self.tokenizer.query_prompt(question))
       items.append(seq)
-    ids = qa_model.generate_greedy(self.fns, self.params, self.encode(images), items, max_tokens)
+    ids = qa_model.generate_greedy(self.fns, self.params, encoded or self.encode(images), items, max_tokens)
     return [self.tokenizer.decode(t) for t in ids]
 
-  def detect(self, images, obj: str = qa_lib.DETECT_OBJECT, max_objects: int = 10) -> list[list[dict]]:
+  def detect(self, images, obj: str = qa_lib.DETECT_OBJECT, max_objects: int = 10, encoded=None) -> list[list[dict]]:
     """Boxes {x_min, y_min, x_max, y_max} in [0, 1] from Moondream's detect loop (region heads)."""
-    found = md_api.detect(self.fns, self.params, self.tokenizer, self.encode(images), obj, max_objects)
+    found = md_api.detect(self.fns, self.params, self.tokenizer, encoded or self.encode(images), obj, max_objects)
     return [f["objects"] for f in found]
 
   def explain(self, image, max_tokens: int = 32) -> dict:
     result = self.analyse([image])[0]
-    text = self.ask([image], qa_lib.QUESTIONS["explain"], context=True, max_tokens=max_tokens, results=[result])[0]
+    enc = self.encode([image])   # one image prefix for both prompts (the calls copy the cache, never donate it)
+    text = self.ask([image], qa_lib.QUESTIONS["explain"], True, max_tokens, [result], enc)[0]
     return {"score": result["score"], "map": result["map"], "boxes": result["boxes"],
-            "region_boxes": self.detect([image])[0], "text": text}
+            "region_boxes": self.detect([image], encoded=enc)[0], "text": text}
 
   def layer_embeddings(self, images, adapted: bool = True) -> np.ndarray:
     """[depth, B, D] mean tokens of every vision block (adapters applied when `adapted`)."""

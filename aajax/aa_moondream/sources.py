@@ -18,6 +18,11 @@ def crops_of(images, size: int) -> np.ndarray:
   return np.stack([preprocess(np.asarray(im), size, "siglip") for im in images])
 
 
+def bucket(n: int, cap: int) -> int:
+  """The smallest power of two >= n, at most cap: batch sizes padded to few compiled shapes."""
+  return min(cap, 1 << max(0, (n - 1).bit_length()))
+
+
 class HeadSource:
   """AA-Moondream's anomaly head (the fast path)."""
   spec = {"kind": "head"}
@@ -32,7 +37,7 @@ class HeadSource:
     scores, maps = [], []
     for i in range(0, len(images), self.batch_size):
       chunk = crops_of(images[i:i + self.batch_size], self.size)
-      pad = self.batch_size - len(chunk)   # one compiled shape
+      pad = bucket(len(chunk), self.batch_size) - len(chunk)   # few compiled shapes
       x = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)]) if pad else chunk
       pix, img = self._fn(self.params, x)
       maps.append(np.asarray(pix)[:len(chunk)])

@@ -36,6 +36,9 @@ class AAMoondreamTask:
   def init(self, rng, config):
     if config.stage not in self.stages:
       raise ConfigError(f"AA-Moondream stage {config.stage!r} unknown; stages: {self.stages}")
+    anomaly_export = config.get("exports", {}).get("anomaly")
+    if config.stage == "qa" and not anomaly_export and config.qa.source == "head":
+      raise ConfigError("stage 'qa' with qa.source='head' needs the exported anomaly stage (run stage 'anomaly' first)")
     self.config = config
     self.cfg = recipe.aa_config(config.model)
     self.model = AAMoondream(self.cfg)
@@ -47,9 +50,6 @@ class AAMoondreamTask:
       params = jax.jit(init_params, static_argnums=0)(self.cfg, head_rng)
       frozen, trainable = split_params({**params, "vision": self.base["vision"]})
       return frozen, trainable
-    anomaly_export = config.get("exports", {}).get("anomaly")
-    if not anomaly_export and config.qa.source == "head":
-      raise ConfigError("stage 'qa' with qa.source='head' needs the exported anomaly stage (run stage 'anomaly' first)")
     from aajax.train.checkpoint import load_exported
     self.head = load_exported(anomaly_export) if anomaly_export else None
     self.source = sources.make_source(self.source_spec(), self.model, self.head_params())
