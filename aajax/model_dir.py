@@ -57,7 +57,11 @@ def save_model(path: str, kind: str, config_dict: dict, params, source: str = ""
     # jax arrays go to orbax as they are: it writes them without a host copy, whereas numpy
     # leaves cost a second copy of the whole tree while saving.
     params = jax.tree.map(lambda a: a if isinstance(a, jax.Array) else np.asarray(a), params)
-    with ocp.StandardCheckpointer() as ckpt:
+    # this process alone writes the directory (in a multi-process run orbax would otherwise wait for
+    # the others at its barriers); its arrays must be host or process-local ones
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    with ocp.StandardCheckpointer(multiprocessing_options=alone) as ckpt:
       ckpt.save(os.path.join(tmp, "params"), params)
     for rel, src in (extra_files or {}).items():
       os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)

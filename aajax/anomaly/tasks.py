@@ -97,11 +97,15 @@ class AATask:
     return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float, np.floating))}
 
   def export(self, trainable, frozen, config, workdir):
-    if config.stage != "image" or jax.process_index() != 0:
+    if config.stage != "image":
       return
-    write_model(os.path.join(workdir, EXPORTED_MODEL), self.cfg,
-                objectives.merge(frozen["params"], trainable), recipe.tokenizer_spec(self.cfg, config.model),
-                self.split, np.asarray(frozen["anchors"]), self.norm)
+    from aajax.train.mesh import to_host
+    # every process: arrays sharded over devices of several processes are gathered collectively
+    params, anchors = to_host((objectives.merge(frozen["params"], trainable), frozen["anchors"]))
+    if jax.process_index() != 0:
+      return
+    write_model(os.path.join(workdir, EXPORTED_MODEL), self.cfg, params, recipe.tokenizer_spec(self.cfg, config.model),
+                self.split, anchors, self.norm)
 
 
 class TrainStream:

@@ -25,7 +25,7 @@ from aajax.errors import AajaxError, ConfigError, DataError
 from aajax.train import checkpoint as ckpt_lib
 from aajax.train import optim, sharding
 from aajax.train.config import with_defaults
-from aajax.train.mesh import describe, make_mesh, shard_batch, to_host
+from aajax.train.mesh import barrier, describe, make_mesh, shard_batch, to_host
 from aajax.train.step import cast_floats, compute_dtype, init_train_state, make_train_step
 from aajax.train.task import optional, task_optimizer
 
@@ -178,6 +178,7 @@ def prepare(task, config, mesh) -> Prepared:
   (replicated, or split over the mesh's fsdp / expert axes)."""
   init_rng, state_rng = jax.random.split(jax.random.key(int(config.seed)))
   frozen, trainable = task.init(init_rng, config)
+  barrier("task_init")   # processes finish init at different times; the next collectives need them together
   rules = sharding.rules_from_config(config)
   frozen = cast_floats(frozen, compute_dtype(config.dtype))
   frozen_specs = sharding.tree_specs(rules, mesh, frozen)
@@ -270,7 +271,11 @@ def _run(task, config, workdir, prepared, ckpt, steps) -> TrainResult:
         batch = next(data)
       except StopIteration:
         raise DataError(f"the training data ran out after {step} of {steps} steps") from None
-      state, metrics = train_step(state, frozen, shard_batch(mesh, batch, int(config.batch_size)))
+      global_batch = shard_batch(mesh, batch, int(config.batch_size))
+      if t_window is None:           # compile ahead, then start together (see mesh.barrier)
+        train_step = train_step.lower(state, frozen, global_batch).compile()
+        barrier("train_step")
+      state, metrics = train_step(state, frozen, global_batch)
       step += 1
       window.append(metrics)
       if t_window is None:           # the first step includes compilation: time from its end

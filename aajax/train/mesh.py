@@ -53,6 +53,23 @@ def maybe_initialize_distributed(coordinator_address: str | None = None, num_pro
   return True
 
 
+_BARRIERS = [0]
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+  """Every process waits here until all arrive (the coordination service, not a device collective).
+
+  Called before the first run of a program with cross-process collectives: on CPU the collectives'
+  (gloo) communicators are set up at first use and give up when the processes arrive more than
+  about 30 s apart, as they do when one compiles a large program slower than the other.
+  """
+  if jax.process_count() == 1:
+    return
+  from orbax.checkpoint import multihost
+  _BARRIERS[0] += 1
+  multihost.get_jax_distributed_client().wait_at_barrier(f"aajax_{name}_{_BARRIERS[0]}", timeout_s * 1000)
+
+
 def parse_mesh(spec: str | None, n_devices: int) -> dict:
   """"data:2,fsdp:4" -> {"data": 2, "expert": 1, "fsdp": 4}; one size may be -1 (the rest)."""
   sizes, free = {}, None

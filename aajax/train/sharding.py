@@ -90,7 +90,12 @@ def put(mesh, tree, specs):
   def one(x, spec):
     sharding = NamedSharding(mesh, spec)
     if isinstance(x, jax.Array):
-      return x if x.sharding == sharding else jax.device_put(x, sharding)
+      if x.sharding == sharding:
+        return x
+      # a global array reshards on device; a process-local one (task.init's output) goes through the
+      # host, since device_put of it in a multi-process run would check equality across processes
+      if not x.is_fully_addressable or jax.process_count() == 1:
+        return jax.device_put(x, sharding)
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
   return jax.tree.map(one, tree, specs)
