@@ -80,7 +80,6 @@ def _vision_state(vision, cfg):
 
 def run_size(size: str, runs: int) -> dict:
   import jax
-  import jax.numpy as jnp
   import optax
   import torch
   from aajax.aa_moondream import objectives
