@@ -97,3 +97,37 @@ def test_unknown_remat_policy_is_a_config_error(text_export):
   config.stage_image.model = {"remat": True, "remat_policy": "everything"}
   with pytest.raises(ConfigError, match="remat_policy 'everything' unknown"):
     run_step(config, "image", make_mesh(jax.devices()[:1]), text_export)
+
+
+def _per_device_fraction(tree, specs, mesh):
+  """Share of `tree`'s bytes one device holds under `specs` (abstract shapes: nothing is allocated)."""
+  own = whole = 0
+  for x, spec in zip(jax.tree.leaves(tree), jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, jax.P))):
+    shape = list(x.shape)
+    for dim, axis in enumerate(spec):
+      if axis is not None:
+        shape[dim] //= mesh.shape[axis]
+    own += int(np.prod(shape)) * x.dtype.itemsize
+    whole += x.size * x.dtype.itemsize
+  return own / whole
+
+
+@pytest.mark.parametrize("spec", ["configs/aa_siglip.py:so400m", "configs/aa_clip.py"])
+def test_full_size_towers_split_eight_ways(spec):
+  """so400m and ViT-L/14-336 under fsdp:8 with the default rules: each device keeps ~1/8 of the
+  frozen backbone, of the trainable adapters and of their Adam state."""
+  import optax
+  from aajax.anomaly import objectives, recipe
+  from aajax.anomaly.model import init_params
+  from aajax.train import sharding
+  from aajax.train.config import load_config
+  config = load_config(spec)
+  cfg = recipe.aa_config(config.model)
+  params = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+  frozen, trainable = objectives.split_params(params, "image")
+  mesh, rules = make_mesh(spec="fsdp:8"), sharding.Rules()
+  assert _per_device_fraction(frozen, sharding.tree_specs(rules, mesh, frozen), mesh) < 0.13
+  state = sharding.state_specs(rules, mesh, trainable, optax.adam(1e-3))
+  assert _per_device_fraction(trainable, state["params"], mesh) < 0.13
+  opt = jax.eval_shape(optax.adam(1e-3).init, trainable)
+  assert _per_device_fraction(opt, state["opt_state"], mesh) < 0.13

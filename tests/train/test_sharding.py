@@ -147,3 +147,23 @@ def test_expert_axis_step_equals_replicated(mesh_spec):
   fc1 = got["params"]["blocks_1"]["mlp"]["fc1"]
   assert fc1.sharding.spec[0] == "expert" and fc1.addressable_shards[0].data.shape[0] == 8 // prepared.mesh.shape["expert"]
   assert "expert" not in prepared.state_specs["params"]["blocks_0"]["mlp"]["fc1"]["kernel"]   # the dense layer
+
+
+def test_moondream3_experts_split_over_the_expert_axis():
+  """The full Moondream 3 decoder (abstract shapes): on expert:8 each device keeps 1/8 of every
+  expert weight; with expert:2,fsdp:4 the dense weights are split too."""
+  from aajax.train.optim import path_names
+  from aajax.vlm.config import moondream3
+  from aajax.vlm.model import init_params
+  params = jax.eval_shape(lambda: init_params(moondream3(), jax.random.key(0)))["text"]
+  names = jax.tree.leaves(path_names(params))
+  for spec, expected in (("data:1,expert:8", 1 / 8), ("data:1,expert:2,fsdp:4", 1 / 8)):
+    mesh = make_mesh(spec=spec)
+    specs = jax.tree.leaves(sharding.tree_specs(sharding.Rules(), mesh, params), is_leaf=lambda s: isinstance(s, jax.P))
+    expert = [(x, s) for x, s, n in zip(jax.tree.leaves(params), specs, names) if n.endswith(("mlp/fc1", "mlp/fc2"))]
+    assert len(expert) == 2 * (24 - moondream3().text.moe.start_layer)
+    for x, s in expert:
+      assert s[0] == "expert"
+      assert np.prod(jax.sharding.NamedSharding(mesh, s).shard_shape(x.shape)) == x.size * expected
+  attn = sharding.spec_for(sharding.Rules(), make_mesh(spec="data:1,expert:2,fsdp:4"), "blocks_0/attn/qkv/kernel", (2048, 6144))
+  assert attn == jax.P(None, "fsdp")
