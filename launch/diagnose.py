@@ -17,20 +17,24 @@ import sys
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "AA-Moondream workdir / model directory, or a converted Moondream directory")
-flags.DEFINE_string("data", "synthetic", "data set: synthetic, mvtec, visa, btad, mpdd, brainmri, liverct, retina, jsonl")
-flags.DEFINE_string("root", "", "the data set's folder")
-flags.DEFINE_list("classes", [], "classes to use (default: all)")
-flags.DEFINE_string("split", "test", "split to use")
-flags.DEFINE_integer("limit", 0, "at most this many images per class and label (0 = all)")
-flags.DEFINE_string("out", "", "output folder (default: <model or workdir>/diagnose_<data>)")
-flags.DEFINE_integer("batch_size", 8, "images per call")
-flags.DEFINE_integer("max_tokens", 24, "longest answer generated")
-flags.DEFINE_list("thresholds", [], "check thresholds to change, e.g. accuracy=0.8,silhouette=0.2")
-flags.DEFINE_integer("synthetic_seed", 0, "seed of the synthetic set (data=synthetic)")
-flags.DEFINE_integer("synthetic_size", 128, "image size of the synthetic set (data=synthetic)")
-flags.DEFINE_integer("synthetic_n", 8, "test images per synthetic class (data=synthetic)")
-flags.mark_flags_as_required(["model"])
+
+
+def define_flags():
+  """The command line flags; defined when run as a program, so launch modules import side by side."""
+  flags.DEFINE_string("model", None, "AA-Moondream workdir / model directory, or a converted Moondream directory")
+  flags.DEFINE_string("data", "synthetic", "data set: synthetic, mvtec, visa, btad, mpdd, brainmri, liverct, retina, jsonl")
+  flags.DEFINE_string("root", "", "the data set's folder")
+  flags.DEFINE_list("classes", [], "classes to use (default: all)")
+  flags.DEFINE_string("split", "test", "split to use")
+  flags.DEFINE_integer("limit", 0, "at most this many images per class and label (0 = all)")
+  flags.DEFINE_string("out", "", "output folder (default: <model or workdir>/diagnose_<data>)")
+  flags.DEFINE_integer("batch_size", 8, "images per call")
+  flags.DEFINE_integer("max_tokens", 24, "longest answer generated")
+  flags.DEFINE_list("thresholds", [], "check thresholds to change, e.g. accuracy=0.8,silhouette=0.2")
+  flags.DEFINE_integer("synthetic_seed", 0, "seed of the synthetic set (data=synthetic)")
+  flags.DEFINE_integer("synthetic_size", 128, "image size of the synthetic set (data=synthetic)")
+  flags.DEFINE_integer("synthetic_n", 8, "test images per synthetic class (data=synthetic)")
+  flags.mark_flags_as_required(["model"])
 
 
 def load_samples(data: str, root: str, split: str, classes, limit: int, synthetic: dict) -> list:
@@ -121,4 +125,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -13,19 +13,23 @@ import sys
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "", "a launch.train work directory (its image-stage model is used)")
-flags.DEFINE_string("model", "", "a trained AA model directory (default: <workdir>/image/model)")
-flags.DEFINE_string("data", "synthetic", "data set: synthetic, mvtec, visa, btad, mpdd, brainmri, liverct, retina, jsonl")
-flags.DEFINE_string("root", "", "the data set's folder")
-flags.DEFINE_list("classes", [], "classes to evaluate (default: all)")
-flags.DEFINE_string("split", "test", "split to evaluate")
-flags.DEFINE_string("domain", "", "industrial | medical (default: from the data set)")
-flags.DEFINE_string("out", "", "output folder (default: <workdir>/eval_<data> or <model>/../eval_<data>)")
-flags.DEFINE_integer("batch_size", 8, "images per forward")
-flags.DEFINE_integer("heatmaps", 4, "heatmap strips per class")
-flags.DEFINE_integer("synthetic_seed", 0, "seed of the synthetic set (data=synthetic)")
-flags.DEFINE_integer("synthetic_size", 256, "image size of the synthetic set (data=synthetic)")
-flags.DEFINE_integer("synthetic_n", 32, "test images per synthetic class")
+
+
+def define_flags():
+  """The command line flags; defined when run as a program, so launch modules import side by side."""
+  flags.DEFINE_string("workdir", "", "a launch.train work directory (its image-stage model is used)")
+  flags.DEFINE_string("model", "", "a trained AA model directory (default: <workdir>/image/model)")
+  flags.DEFINE_string("data", "synthetic", "data set: synthetic, mvtec, visa, btad, mpdd, brainmri, liverct, retina, jsonl")
+  flags.DEFINE_string("root", "", "the data set's folder")
+  flags.DEFINE_list("classes", [], "classes to evaluate (default: all)")
+  flags.DEFINE_string("split", "test", "split to evaluate")
+  flags.DEFINE_string("domain", "", "industrial | medical (default: from the data set)")
+  flags.DEFINE_string("out", "", "output folder (default: <workdir>/eval_<data> or <model>/../eval_<data>)")
+  flags.DEFINE_integer("batch_size", 8, "images per forward")
+  flags.DEFINE_integer("heatmaps", 4, "heatmap strips per class")
+  flags.DEFINE_integer("synthetic_seed", 0, "seed of the synthetic set (data=synthetic)")
+  flags.DEFINE_integer("synthetic_size", 256, "image size of the synthetic set (data=synthetic)")
+  flags.DEFINE_integer("synthetic_n", 32, "test images per synthetic class")
 
 
 def run(model_dir: str, data, out: str, batch_size: int, heatmaps: int) -> dict:
@@ -66,4 +70,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -18,14 +18,19 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "", "a launch.train work directory (its image-stage model is used)")
-flags.DEFINE_string("model", "", "a trained AA model directory (default: <workdir>/image/model)")
-flags.DEFINE_list("images", [], "image files, or folders of images")
-flags.DEFINE_string("class_name", "", "what the images show: a training class, or any object name")
-flags.DEFINE_float("threshold", None, "pixel probability above which a pixel is marked anomalous; "
-                   "an image is anomalous when its image score exceeds it")
-flags.DEFINE_string("out", "", "output folder (default: <workdir or model>/../infer)")
-flags.DEFINE_integer("batch_size", 8, "images per forward")
+
+
+def define_flags():
+  """The command line flags; defined when run as a program, so launch modules import side by side."""
+  flags.DEFINE_string("workdir", "", "a launch.train work directory (its image-stage model is used)")
+  flags.DEFINE_string("model", "", "a trained AA model directory (default: <workdir>/image/model)")
+  flags.DEFINE_list("images", [], "image files, or folders of images")
+  flags.DEFINE_string("class_name", "", "what the images show: a training class, or any object name")
+  flags.DEFINE_float("threshold", None, "pixel probability above which a pixel is marked anomalous; "
+                     "an image is anomalous when its image score exceeds it")
+  flags.DEFINE_string("out", "", "output folder (default: <workdir or model>/../infer)")
+  flags.DEFINE_integer("batch_size", 8, "images per forward")
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -45,21 +50,6 @@ def image_files(entries) -> list[str]:
   return files
 
 
-def class_anchors(trained, class_name: str):
-  """[E, 2] anchors: the stored ones of a training class, else the prompt ensemble of the name."""
-  from aajax.anomaly import objectives
-  from aajax.anomaly.prompts import prompt_ids
-  from aajax.errors import InputError
-  i = trained.class_index(class_name)
-  if i is not None:
-    return trained.anchors[i]
-  if trained.model.cfg.cross_attention:
-    raise InputError(f"class {class_name!r} is not one of the model's training classes {trained.class_names}; "
-                     "a cross-attention model needs a training class (its anchors depend on image context)")
-  ids = prompt_ids(trained.tokenizer, [class_name])
-  return np.asarray(objectives.anchor_table(trained.model, trained.params, ids))[0]
-
-
 def run(model_dir: str, files, class_name: str, out: str, threshold=None, batch_size: int = 8) -> list[dict]:
   from aajax.anomaly import inference
   from aajax.anomaly.exported import load_trained
@@ -68,7 +58,7 @@ def run(model_dir: str, files, class_name: str, out: str, threshold=None, batch_
   from aajax.eval.report import save_heatmaps
   trained = load_trained(model_dir)
   size = trained.model.cfg.image_size
-  anchors = class_anchors(trained, class_name or trained.class_names[0])
+  anchors = trained.class_anchors(class_name or trained.class_names[0])
   predict = inference.make_probability_fn(trained.model)
   rows = []
   for start in range(0, len(files), batch_size):
@@ -115,4 +105,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -17,16 +17,20 @@ from absl import app, flags
 from aajax.errors import AajaxError, DataError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data", "synthetic", "data set name (aajax.data.datasets.DATASETS)")
-flags.DEFINE_string("root", None, "data set root folder (not needed for synthetic)")
-flags.DEFINE_string("split", "test", "split to evaluate")
-flags.DEFINE_string("fit_split", "train", "split whose normal images fit the baseline scorer")
-flags.DEFINE_list("classes", None, "classes to evaluate (default: all)")
-flags.DEFINE_integer("image_size", 256, "evaluation resolution (maps and masks)")
-flags.DEFINE_string("maps", None, ".npz with ids, maps and optional det_scores")
-flags.DEFINE_integer("heatmaps_per_class", 6, "heatmap strips per class (anomalous first)")
-flags.DEFINE_string("outdir", None, "output folder")
-flags.mark_flag_as_required("outdir")
+
+
+def define_flags():
+  """The command line flags; defined when run as a program, so launch modules import side by side."""
+  flags.DEFINE_string("data", "synthetic", "data set name (aajax.data.datasets.DATASETS)")
+  flags.DEFINE_string("root", None, "data set root folder (not needed for synthetic)")
+  flags.DEFINE_string("split", "test", "split to evaluate")
+  flags.DEFINE_string("fit_split", "train", "split whose normal images fit the baseline scorer")
+  flags.DEFINE_list("classes", None, "classes to evaluate (default: all)")
+  flags.DEFINE_integer("image_size", 256, "evaluation resolution (maps and masks)")
+  flags.DEFINE_string("maps", None, ".npz with ids, maps and optional det_scores")
+  flags.DEFINE_integer("heatmaps_per_class", 6, "heatmap strips per class (anomalous first)")
+  flags.DEFINE_string("outdir", None, "output folder")
+  flags.mark_flag_as_required("outdir")
 
 
 def _load_maps(path, samples):
@@ -103,4 +107,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

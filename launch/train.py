@@ -20,18 +20,23 @@ from aajax.errors import AajaxError
 
 FLAGS = flags.FLAGS
 PROFILE_STEPS = 5   # steps a --profile trace covers unless config.profile_steps says otherwise
-flags.DEFINE_string("config", None, "config file with get_config(arg), as path.py or path.py:arg")
-flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl, exports (one subdir per stage)")
-flags.DEFINE_string("stage", None, "train only this stage (earlier stages must have finished)")
-flags.DEFINE_string("coordinator_address", None, "multi-process: host:port of process 0")
-flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
-flags.DEFINE_integer("process_id", None, "multi-process: index of this process")
-flags.DEFINE_bool("distributed", False, "multi-process: let JAX detect the cluster (Cloud TPU VM pod slices)")
-flags.DEFINE_bool("profile", False, "write a JAX profiler trace of config.profile_steps steps (default "
-                  f"{PROFILE_STEPS}) after the first into <workdir>/<stage>/profile/process_<i>")
-flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/aajax/jax"),
-                    "persistent XLA compilation cache directory ('' = off)")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags():
+  """The command line flags; defined when run as a program, so launch modules import side by side."""
+  flags.DEFINE_string("config", None, "config file with get_config(arg), as path.py or path.py:arg")
+  flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl, exports (one subdir per stage)")
+  flags.DEFINE_string("stage", None, "train only this stage (earlier stages must have finished)")
+  flags.DEFINE_string("coordinator_address", None, "multi-process: host:port of process 0")
+  flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
+  flags.DEFINE_integer("process_id", None, "multi-process: index of this process")
+  flags.DEFINE_bool("distributed", False, "multi-process: let JAX detect the cluster (Cloud TPU VM pod slices)")
+  flags.DEFINE_bool("profile", False, "write a JAX profiler trace of config.profile_steps steps (default "
+                    f"{PROFILE_STEPS}) after the first into <workdir>/<stage>/profile/process_<i>")
+  flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/aajax/jax"),
+                      "persistent XLA compilation cache directory ('' = off)")
+  flags.mark_flags_as_required(["config", "workdir"])
+
 
 _OVERRIDES: list[str] = []
 
@@ -79,4 +84,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=_parse)

@@ -25,6 +25,20 @@ class TrainedAA:
   def class_index(self, name: str) -> int | None:
     return self.class_names.index(name) if name in self.class_names else None
 
+  def class_anchors(self, class_name: str) -> np.ndarray:
+    """[E, 2] anchors: the stored ones of a training class, else the prompt ensemble of the name."""
+    from aajax.anomaly import objectives
+    from aajax.anomaly.prompts import prompt_ids
+    from aajax.errors import InputError
+    i = self.class_index(class_name)
+    if i is not None:
+      return self.anchors[i]
+    if self.model.cfg.cross_attention:
+      raise InputError(f"class {class_name!r} is not one of the model's training classes {self.class_names}; "
+                       "a cross-attention model needs a training class (its anchors depend on image context)")
+    ids = prompt_ids(self.tokenizer, [class_name])
+    return np.asarray(objectives.anchor_table(self.model, self.params, ids))[0]
+
 
 def load_trained(path: str) -> TrainedAA:
   from aajax.model_dir import load_model

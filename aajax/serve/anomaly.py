@@ -32,8 +32,7 @@ class AnomalyScorer:
 
   def anchors(self, class_name: str):
     if class_name not in self._anchors:
-      from launch.infer import class_anchors
-      self._anchors[class_name] = np.asarray(class_anchors(self.trained, class_name))
+      self._anchors[class_name] = np.asarray(self.trained.class_anchors(class_name))
     return self._anchors[class_name]
 
   def score(self, pixels: np.ndarray, class_name, threshold, heatmap: bool) -> dict:
