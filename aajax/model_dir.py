@@ -39,6 +39,10 @@ def _ensure_builtin_kinds():
     from aajax.vlm.config import MoondreamConfig
     from aajax.vlm.model import MoondreamModules
     register_kind("moondream", MoondreamConfig.from_dict, MoondreamModules)
+  if "decoder" not in _KINDS:
+    from aajax.decoder.families import config_from_dict
+    from aajax.decoder.model import TextDecoder
+    register_kind("decoder", config_from_dict, TextDecoder)
 
 
 def save_model(path: str, kind: str, config_dict: dict, params, source: str = "", overwrite: bool = False,
