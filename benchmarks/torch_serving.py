@@ -199,7 +199,7 @@ class TorchEngine:
       self._busy = True
       try:
         if isinstance(req, tuple):
-          self._run_job(*req)
+          E.run_job_into(*req)
         elif isinstance(req, E.PointsRequest):
           self._points(req)
         else:
@@ -209,15 +209,6 @@ class TorchEngine:
         req.on_event(E.Failed(e))
       finally:
         self._busy = False
-
-  @staticmethod
-  def _run_job(fn, fut):
-    if not fut.set_running_or_notify_cancel():
-      return
-    try:
-      fut.set_result(fn())
-    except Exception as e:  # noqa: BLE001 - the job's caller gets the error
-      fut.set_exception(e)
 
   def _image_kv(self, image):
     """The image's BOS + image-token kv, from the per-image cache; (kv, cache hit)."""
