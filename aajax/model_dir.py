@@ -45,6 +45,10 @@ def _ensure_builtin_kinds():
     from aajax.aa_moondream.exported import config_from_meta
     from aajax.aa_moondream.model import AAMoondream
     register_kind("aa_moondream", config_from_meta, AAMoondream)
+  if "decoder" not in _KINDS:
+    from aajax.decoder.families import config_from_dict
+    from aajax.decoder.model import TextDecoder
+    register_kind("decoder", config_from_dict, TextDecoder)
 
 
 def save_model(path: str, kind: str, config_dict: dict, params, source: str = "", overwrite: bool = False,

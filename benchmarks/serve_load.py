@@ -212,7 +212,8 @@ def small_demo():
   """The tiny demo model with a wider, deeper decoder (dim 512, 6 layers: 19 M decoder params), where
   reading the weights dominates a decode step, as in real models."""
   import dataclasses
-  from aajax.serve.service import demo_tokenizer, random_params
+  from aajax.serve.service import demo_tokenizer
+  from aajax.vlm.random_init import random_params
   from aajax.vlm.config import tiny
   from aajax.vlm.moondream import Moondream
   from aajax.vlm.tokenizer import MoondreamTokenizer

@@ -1,6 +1,6 @@
 """The PyTorch reference computation behind the server's engine interface (benchmarks only).
 
-`TorchEngine` answers `GenerationRequest`s one at a time, as the reference Moondream does (its
+`TorchEngine` answers `GenerationRequest`s (and detect / point requests and jobs) one at a time, as the reference Moondream does (its
 `batch_answer` is a loop): vision tower + BOS/image prefill with the bidirectional prefix, prompt
 prefill, then one decode step per token with a KV cache, greedy or the reference's temperature /
 top-p rule, the answer id banned after the first token. The model math is the torch reference of
@@ -8,6 +8,7 @@ the parity tests (`tests/moondream/torch_reference.py`), extended here with a KV
 images are kept per image (as a caller of the reference keeps its `EncodedImage`). Dense Moondream
 configs only (no MoE / tau).
 """
+import concurrent.futures
 import math
 import queue
 import threading
@@ -63,13 +64,47 @@ class TorchMoondream:
     _, kv = self.forward(x, torch.arange(x.shape[1]))  # no mask: the whole prefix attends both ways
     return kv
 
-  def prefill(self, prompt, past, start: int):
-    x = R.embed(self.state, prompt)[None]
+  def extend(self, x, past, start: int):
+    """Embeddings x [1, L, d] appended causally at `start` -> (last raw hidden [d], new kv)."""
     length = x.shape[1]
     q = torch.arange(start, start + length)
     mask = torch.arange(start + length)[None, :] <= q[:, None]
     hidden, kv = self.forward(x, q, past, mask)
-    return R.text_logits(self.state, hidden[0, -1]), kv
+    return hidden[0, -1], kv
+
+  def prefill(self, prompt, past, start: int):
+    hidden, kv = self.extend(R.embed(self.state, prompt)[None], past, start)
+    return R.text_logits(self.state, hidden), kv
+
+  def points(self, image_kv, prompt, with_size: bool, max_objects: int, context: int) -> list[dict]:
+    """The reference's greedy detect / point loop, with a KV cache: after the prompt, while the
+    next token is not EOS, x then y coordinates (then the size) are decoded from the hidden state
+    and fed back through the region encoders. Boxes are centre +- size / 2, not clamped."""
+    st, region = self.state, self.cfg.region
+    pos = self.cfg.prefix_len
+    hidden, kv = self.extend(R.embed(st, prompt)[None], image_kv, pos)
+    pos += len(prompt)
+    per_object = 3 if with_size else 2
+    out = []
+    while (int(R.text_logits(st, hidden).argmax()) != self.cfg.tokenizer.eos_id and len(out) < max_objects
+           and pos + per_object <= context):
+      coords = []
+      for _ in range(2):
+        c = R.decode_head(st, "coord_decoder", hidden, True).argmax() / region.coord_out_dim
+        hidden, kv = self.extend(R.encode_coordinate(st, c.reshape(1, 1, 1)), kv, pos)
+        pos += 1
+        coords.append(float(c))
+      x, y = coords
+      if not with_size:
+        out.append({"x": x, "y": y})
+        continue
+      s = R.decode_head(st, "size_decoder", hidden, True).view(2, -1).argmax(-1).float()
+      wh = 2.0 ** (10 * s / (region.size_out_dim // 2 - 1) - 10)
+      hidden, kv = self.extend(R.encode_size(st, wh.reshape(1, 1, 2)), kv, pos)
+      pos += 1
+      w, h = float(wh[0]), float(wh[1])
+      out.append({"x_min": x - w / 2, "y_min": y - h / 2, "x_max": x + w / 2, "y_max": y + h / 2})
+    return out
 
   def decode(self, token: int, past, pos: int):
     hidden, kv = self.forward(R.embed(self.state, [token])[None], torch.tensor([pos]), past)
@@ -137,10 +172,16 @@ class TorchEngine:
     """Nothing to compile."""
 
   def submit_points(self, req):
-    raise NotImplementedError("the torch serving reference answers text requests only")
+    """detect / point requests, answered in arrival order on the engine thread (no batching)."""
+    self.counters["requests"] += 1
+    self._inbox.put(req)
+    return req.future
 
   def run_job(self, fn):
-    raise NotImplementedError("the torch serving reference runs no jobs")
+    """Run fn() on the engine thread between requests, as the JAX engine does between steps."""
+    fut = concurrent.futures.Future()
+    self._inbox.put((fn, fut))
+    return fut
 
   def close(self, timeout: float = 10.0):
     self._stop.set()
@@ -157,22 +198,46 @@ class TorchEngine:
         break
       self._busy = True
       try:
-        self._answer(req)
+        if isinstance(req, tuple):
+          E.run_job_into(*req)
+        elif isinstance(req, E.PointsRequest):
+          self._points(req)
+        else:
+          self._answer(req)
       except Exception as e:  # noqa: BLE001 - report to the client, keep serving
         self.counters["failed"] += 1
         req.on_event(E.Failed(e))
       finally:
         self._busy = False
 
+  def _image_kv(self, image):
+    """The image's BOS + image-token kv, from the per-image cache; (kv, cache hit)."""
+    kv = self.image_cache.get(image.key)
+    if kv is not None:
+      return kv, True
+    kv = self.model.encode_image(image.pixels)
+    self.image_cache[image.key] = kv
+    self.counters["vision_images"] += 1
+    return kv, False
+
+  def _points(self, req):
+    if not req.future.set_running_or_notify_cancel():
+      return
+    try:
+      if time.monotonic() > req.deadline:
+        raise E.RequestTimeout("the request timed out while waiting")
+      kv, _ = self._image_kv(req.image)
+      found = self.model.points(kv, req.prompt, req.with_size, req.max_objects, self.context)
+      self.counters["finished"] += 1
+      req.future.set_result(found)
+    except Exception as e:  # noqa: BLE001 - the caller gets the error
+      self.counters["failed"] += 1
+      req.future.set_exception(e)
+
   def _answer(self, req):
     tok = self.cfg.tokenizer
     if req.image is not None:
-      kv = self.image_cache.get(req.image.key)
-      hit = kv is not None
-      if kv is None:
-        kv = self.model.encode_image(req.image.pixels)
-        self.image_cache[req.image.key] = kv
-        self.counters["vision_images"] += 1
+      kv, hit = self._image_kv(req.image)
       start = self.cfg.prefix_len
     else:
       kv, start, hit = None, 0, False

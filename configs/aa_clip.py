@@ -11,7 +11,7 @@ Arguments: `:bug_compat` uses the released batch-axis DPAM; `:cross_attention` t
 cross-attention variant; `data=mvtec,eval=visa` the other direction of the protocol.
 """
 from aajax.anomaly.tasks import aa_defaults, paper_recipe
-from aajax.train.config import train_defaults
+from aajax.train.config import parse_config_arg, train_defaults
 
 
 def get_config(arg=None):
@@ -19,16 +19,10 @@ def get_config(arg=None):
   c.model.backbone = "clip-vit-large-patch14-336"   # shapes; the weights come from model.init
   c.model.image_size = 518
   c.model.text_adapt_until = 3
-  for part in filter(None, (arg or "").split(",")):
-    key, _, value = part.partition("=")
-    if key == "bug_compat":
-      c.model.dpam_mode = "vv_batch"
-    elif key == "cross_attention":
-      c.model.cross_attention = True
-    elif key == "data":
-      c.data.name = value
-    elif key == "eval":
-      c.data.eval_name = value
-    else:
-      raise ValueError(f"unknown argument {part!r}: use bug_compat, cross_attention, data=<name>, eval=<name>")
+  a = parse_config_arg(arg, {"data": "", "eval": ""}, switches=("bug_compat", "cross_attention"))
+  if a["bug_compat"]:
+    c.model.dpam_mode = "vv_batch"
+  c.model.cross_attention = a["cross_attention"] or c.model.cross_attention
+  c.data.name = a["data"] or c.data.name
+  c.data.eval_name = a["eval"] or c.data.eval_name
   return c

@@ -19,22 +19,12 @@ gives `explain(image)`.
 import ml_collections
 
 from aajax.aa_moondream.tasks import aa_moondream_defaults
-from aajax.train.config import train_defaults
-
-
-def parse_arg(arg):
-  out = {"size": "demo", "data": "synthetic", "eval": ""}
-  for part in filter(None, (arg or "").split(",")):
-    key, _, value = part.partition("=")
-    if value:
-      out[key] = value
-    else:
-      out["size"] = key
-  return out
+from aajax.errors import ConfigError
+from aajax.train.config import parse_config_arg, train_defaults
 
 
 def get_config(arg=None):
-  a = parse_arg(arg)
+  a = parse_config_arg(arg, {"size": "demo", "data": "synthetic", "eval": ""})
   c = aa_moondream_defaults(train_defaults())
   c.data.name = a["data"]
   c.data.eval_name = a["eval"]
@@ -64,5 +54,5 @@ def get_config(arg=None):
     c.stage_qa = ml_collections.ConfigDict(dict(steps=3000, batch_size=8, lr=2e-4, ckpt_every=500,
                                                 warmup_steps=100))
   else:
-    raise ValueError(f"unknown size {a['size']!r}: use no argument (the demo), 'moondream2' or 'moondream3'")
+    raise ConfigError(f"unknown size {a['size']!r}: use no argument (the demo), 'moondream2' or 'moondream3'")
   return c

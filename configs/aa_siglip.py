@@ -13,24 +13,12 @@
 import ml_collections
 
 from aajax.anomaly.tasks import aa_defaults, paper_recipe
-from aajax.train.config import train_defaults
-
-DATASETS = ("synthetic", "mvtec", "visa", "btad", "mpdd", "brainmri", "liverct", "retina", "jsonl")
-
-
-def parse_arg(arg):
-  out = {"size": "demo", "data": "synthetic", "eval": ""}
-  for part in filter(None, (arg or "").split(",")):
-    key, _, value = part.partition("=")
-    if value:
-      out[key] = value
-    else:
-      out["size"] = key
-  return out
+from aajax.errors import ConfigError
+from aajax.train.config import parse_config_arg, train_defaults
 
 
 def get_config(arg=None):
-  a = parse_arg(arg)
+  a = parse_config_arg(arg, {"size": "demo", "data": "synthetic", "eval": ""})
   c = aa_defaults(train_defaults())
   c.data.name = a["data"]
   c.data.eval_name = a["eval"]
@@ -58,5 +46,5 @@ def get_config(arg=None):
     c.data.name = "visa" if a["data"] == "synthetic" else a["data"]
     c.data.eval_name = a["eval"] or "mvtec"
   else:
-    raise ValueError(f"unknown size {a['size']!r}: use no argument (the demo) or 'so400m'")
+    raise ConfigError(f"unknown size {a['size']!r}: use no argument (the demo) or 'so400m'")
   return c

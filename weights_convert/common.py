@@ -31,6 +31,19 @@ def _listing(items: list[str]) -> str:
   return "; ".join(items[:MAX_LISTED]) + more
 
 
+def linear_rows(path: tuple, name: str, bias: bool = True):
+  """Table rows of a torch Linear (weight [out, in], stored transposed as kernel [in, out])."""
+  yield path + ("kernel",), f"{name}.weight", "T"
+  if bias:
+    yield path + ("bias",), f"{name}.bias", "id"
+
+
+def norm_rows(path: tuple, name: str):
+  """Table rows of a torch LayerNorm (weight -> scale)."""
+  yield path + ("scale",), f"{name}.weight", "id"
+  yield path + ("bias",), f"{name}.bias", "id"
+
+
 def apply_table(state: dict, rows: Iterable, shapes: dict, transforms: dict, source: str,
                 ignore_prefixes: tuple[str, ...] = ()) -> dict:
   """Flat torch state -> nested flax params, or CheckpointError naming every problem."""

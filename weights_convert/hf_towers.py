@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from aajax.encoders.config import TextConfig, TwoTowerConfig, ViTConfig
+from weights_convert.common import linear_rows, norm_rows
 
 Row = tuple[tuple[str, ...], str, str]  # (flax path, torch name, transform)
 
@@ -40,17 +41,6 @@ def _fused_part(i: int, bias: bool) -> tuple[Callable, Callable]:
 for _i, _p in enumerate("qkv"):
   TRANSFORMS[f"in_{_p}"] = _fused_part(_i, bias=False)
   TRANSFORMS[f"in_{_p}_bias"] = _fused_part(_i, bias=True)
-
-
-def linear_rows(path, name, bias=True):
-  yield path + ("kernel",), f"{name}.weight", "T"
-  if bias:
-    yield path + ("bias",), f"{name}.bias", "id"
-
-
-def norm_rows(path, name):
-  yield path + ("scale",), f"{name}.weight", "id"
-  yield path + ("bias",), f"{name}.bias", "id"
 
 
 def _blocks(path, prefix, depth) -> Iterator[Row]:

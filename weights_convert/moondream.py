@@ -26,6 +26,7 @@ import numpy as np
 
 from aajax.errors import AajaxError, CheckpointError
 from aajax.vlm.config import MoondreamConfig, get_config
+from weights_convert.common import linear_rows, norm_rows
 
 Row = tuple[tuple[str, ...], str, str]  # (flax path, checkpoint name, transform)
 
@@ -37,34 +38,23 @@ TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-def _linear(path, name, bias=True):
-  yield path + ("kernel",), f"{name}.weight", "T"
-  if bias:
-    yield path + ("bias",), f"{name}.bias", "id"
-
-
-def _norm(path, name):
-  yield path + ("scale",), f"{name}.weight", "id"
-  yield path + ("bias",), f"{name}.bias", "id"
-
-
 def _mlp(path, name):
-  yield from _linear(path + ("fc1",), f"{name}.fc1")
-  yield from _linear(path + ("fc2",), f"{name}.fc2")
+  yield from linear_rows(path + ("fc1",), f"{name}.fc1")
+  yield from linear_rows(path + ("fc2",), f"{name}.fc2")
 
 
 def vision_rows(cfg: MoondreamConfig) -> Iterator[Row]:
   p = ("vision",)
-  yield from _linear(p + ("patch_emb",), "vision.patch_emb")
+  yield from linear_rows(p + ("patch_emb",), "vision.patch_emb")
   yield p + ("pos_emb",), "vision.pos_emb", "id"
   for i in range(cfg.vision.enc_n_layers):
     b, n = p + (f"blocks_{i}",), f"vision.blocks.{i}"
-    yield from _norm(b + ("ln1",), f"{n}.ln1")
-    yield from _linear(b + ("attn", "qkv"), f"{n}.attn.qkv")
-    yield from _linear(b + ("attn", "proj"), f"{n}.attn.proj")
-    yield from _norm(b + ("ln2",), f"{n}.ln2")
+    yield from norm_rows(b + ("ln1",), f"{n}.ln1")
+    yield from linear_rows(b + ("attn", "qkv"), f"{n}.attn.qkv")
+    yield from linear_rows(b + ("attn", "proj"), f"{n}.attn.proj")
+    yield from norm_rows(b + ("ln2",), f"{n}.ln2")
     yield from _mlp(b + ("mlp",), f"{n}.mlp")
-  yield from _norm(p + ("post_ln",), "vision.post_ln")
+  yield from norm_rows(p + ("post_ln",), "vision.post_ln")
   yield from _mlp(p + ("proj_mlp",), "vision.proj_mlp")
 
 
@@ -73,36 +63,36 @@ def text_rows(cfg: MoondreamConfig) -> Iterator[Row]:
   yield p + ("wte",), "text.wte", "id"
   for i in range(t.n_layers):
     b, n = p + (f"blocks_{i}",), f"text.blocks.{i}"
-    yield from _norm(b + ("ln",), f"{n}.ln")
-    yield from _linear(b + ("attn", "qkv"), f"{n}.attn.qkv")
-    yield from _linear(b + ("attn", "proj"), f"{n}.attn.proj")
+    yield from norm_rows(b + ("ln",), f"{n}.ln")
+    yield from linear_rows(b + ("attn", "qkv"), f"{n}.attn.qkv")
+    yield from linear_rows(b + ("attn", "proj"), f"{n}.attn.proj")
     if t.tau:
       yield b + ("attn", "tau", "wq"), f"{n}.attn.tau.wq", "T"
       yield b + ("attn", "tau", "wv"), f"{n}.attn.tau.wv", "T"
       yield b + ("attn", "tau", "alpha"), f"{n}.attn.tau.alpha", "id"
     if t.is_moe_layer(i):
-      yield from _linear(b + ("mlp", "router"), f"{n}.mlp.router")
+      yield from linear_rows(b + ("mlp", "router"), f"{n}.mlp.router")
       yield b + ("mlp", "fc1"), f"{n}.mlp.fc1.weight", "T3"
       yield b + ("mlp", "fc2"), f"{n}.mlp.fc2.weight", "T3"
     else:
       yield from _mlp(b + ("mlp",), f"{n}.mlp")
-  yield from _norm(p + ("post_ln",), "text.post_ln")
-  yield from _linear(p + ("lm_head",), "text.lm_head")
+  yield from norm_rows(p + ("post_ln",), "text.post_ln")
+  yield from linear_rows(p + ("lm_head",), "text.lm_head")
 
 
 def region_rows(cfg: MoondreamConfig) -> Iterator[Row]:
   p = ("region",)
   yield p + ("coord_features",), "region.coord_features", "id"
   yield p + ("size_features",), "region.size_features", "id"
-  yield from _linear(p + ("coord_encoder",), "region.coord_encoder")
-  yield from _linear(p + ("size_encoder",), "region.size_encoder")
+  yield from linear_rows(p + ("coord_encoder",), "region.coord_encoder")
+  yield from linear_rows(p + ("size_encoder",), "region.size_encoder")
   for head in ("coord_decoder", "size_decoder"):
     if cfg.region.inner_dim is None:  # Moondream 3: LayerNorm + one Linear per head
-      yield from _linear(p + (head,), f"region.{head}")
+      yield from linear_rows(p + (head,), f"region.{head}")
     else:
       yield from _mlp(p + (head,), f"region.{head}")
   if cfg.region.inner_dim is None:
-    yield from _norm(p + ("ln",), "region.ln")
+    yield from norm_rows(p + ("ln",), "region.ln")
 
 
 def moondream_rows(cfg: MoondreamConfig) -> list[Row]:

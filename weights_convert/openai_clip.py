@@ -8,7 +8,8 @@ transpose). OpenAI's TorchScript archives also carry `input_resolution`, `contex
 from typing import Iterator
 
 from aajax.encoders.config import TwoTowerConfig
-from weights_convert.hf_towers import Row, linear_rows, norm_rows
+from weights_convert.common import linear_rows, norm_rows
+from weights_convert.hf_towers import Row
 
 IGNORED = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 

@@ -1,13 +1,21 @@
-"""Moondream's text decoder: one definition for Moondream 2, 0.5B and 3 (config switches).
+"""The text decoder: one definition for Moondream 2, 0.5B and 3 and the Llama / Qwen2 / GPT-2
+families (config switches, presets in `families.py`).
 
-Block (Phi style, parallel residual): h = LN(x); x = x + Attn(h) + MLP(h), where MLP is the dense
-fc1 -> GELU(tanh) -> fc2 or, in Moondream 3's MoE layers, `MoeMlp`. Attention uses one fused `qkv`
-projection split as [Q | K | V] (GQA when n_kv_heads < n_heads), partial RoPE, and an attention mask
-that is causal except for a bidirectional prefix (BOS + image tokens). Moondream 3 also scales Q and
-V per token and per position ("tau", see `TauScaling`).
+Block, `block="parallel"` (Phi style, Moondream): h = norm(x); x = x + Attn(h) + MLP(h).
+       `block="sequential"` (Llama, GPT-2):       x = x + Attn(norm(x)); x = x + MLP(norm2(x)).
+The norm is LayerNorm or RMSNorm (`norm`); the MLP is fc1 -> GELU(tanh) -> fc2, SwiGLU (`mlp="swiglu"`:
+fc1 holds [gate | up], silu(gate) * up -> fc2) or, in Moondream 3's MoE layers, `MoeMlp`. Attention
+uses one fused `qkv` projection split as [Q | K | V] (GQA when n_kv_heads < n_heads; Llama's separate
+q/k/v projections are concatenated by the converter), rotary embeddings on the first `rotary_dim`
+dims of each head (`position="rope"`) or a learned absolute `wpe` table added to the inputs
+(`position="learned"`, GPT-2), and an attention mask that is causal except for a bidirectional prefix
+(BOS + image tokens). Moondream 3 also scales Q and V per token and per position ("tau", see
+`TauScaling`). Biases are per projection switches; `tie_embeddings` computes logits with `wte`.
 
-Parameter names follow the checkpoint (`wte`, `blocks_i/{ln, attn/{qkv, proj, tau}, mlp}`, `post_ln`,
-`lm_head`), so converting is a transpose. The KV cache (see `kv_cache.py`) is passed in and returned.
+Parameter names follow Moondream's checkpoint (`wte`, `wpe`, `blocks_i/{ln, ln2, attn/{qkv, proj, tau},
+mlp/{fc1, fc2}}`, `post_ln`, `lm_head`) for every family, so the KV cache, LoRA targets
+(`attn/(qkv|proj)`, `mlp/fc[12]`) and the jitted steps are the same for all. The KV cache (see
+`kv_cache.py`) is passed in and returned.
 `__call__` returns a dict: the raw residual stream `hidden` (before `post_ln`: the region heads read
 it), the updated `cache` and the MoE `aux_loss`.
 """
@@ -17,7 +25,7 @@ import jax.numpy as jnp
 
 from aajax.decoder import kv_cache as kvc
 from aajax.decoder.moe import MoeMlp
-from aajax.nn.layers import Mlp, layer_norm
+from aajax.nn.layers import layer_norm
 from aajax.nn.rope import apply_rope
 from aajax.vlm.config import TextConfig
 
@@ -65,6 +73,27 @@ class TauScaling(nn.Module):
     return q * scale_q, v * scale_v
 
 
+def norm_layer(c: TextConfig, name=None):
+  if c.norm == "rmsnorm":
+    return nn.RMSNorm(epsilon=c.ln_eps, dtype=jnp.dtype(c.dtype), name=name)
+  return layer_norm(c.ln_eps, jnp.dtype(c.dtype), name)
+
+
+class DecoderMlp(nn.Module):
+  cfg: TextConfig
+
+  @nn.compact
+  def __call__(self, x):
+    c, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+    gated = c.mlp == "swiglu"
+    h = nn.Dense(2 * c.ff_dim if gated else c.ff_dim, use_bias=c.mlp_bias, dtype=dtype, name="fc1")(x)
+    if gated:
+      h = jax.nn.silu(h[..., :c.ff_dim]) * h[..., c.ff_dim:]
+    else:
+      h = jax.nn.gelu(h, approximate=True)
+    return nn.Dense(c.dim, use_bias=c.mlp_bias, dtype=dtype, name="fc2")(h)
+
+
 class DecoderAttention(nn.Module):
   cfg: TextConfig
 
@@ -73,14 +102,15 @@ class DecoderAttention(nn.Module):
     c, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     b, t, _ = h.shape
     hd, qd, kd = c.head_dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    qkv = nn.Dense(c.qkv_dim, dtype=dtype, name="qkv")(h)
+    qkv = nn.Dense(c.qkv_dim, use_bias=c.qkv_bias, dtype=dtype, name="qkv")(h)
     q = qkv[..., :qd].reshape(b, t, c.n_heads, hd)
     k = qkv[..., qd:qd + kd].reshape(b, t, c.n_kv_heads, hd)
     v = qkv[..., qd + kd:].reshape(b, t, c.n_kv_heads, hd)
     if c.tau:
       q, v = TauScaling(c.n_heads, dtype, name="tau")(qkv, q, v, positions)
-    q = apply_rope(q, positions, c.rotary_dim, c.rope_theta)
-    k = apply_rope(k, positions, c.rotary_dim, c.rope_theta)
+    if c.position == "rope":
+      q = apply_rope(q, positions, c.rotary_dim, c.rope_theta)
+      k = apply_rope(k, positions, c.rotary_dim, c.rope_theta)
     if k_cache is None:  # no cache: attend within the given sequence
       k_pos = positions
     else:
@@ -88,7 +118,7 @@ class DecoderAttention(nn.Module):
       k, v = k_cache.astype(dtype), v_cache.astype(dtype)
       k_pos = jnp.broadcast_to(jnp.arange(k.shape[1], dtype=jnp.int32), (b, k.shape[1]))
     out = grouped_attention(q, k, v, prefix_lm_mask(positions, k_pos, prefix_len))
-    out = nn.Dense(c.dim, dtype=dtype, name="proj")(out.reshape(b, t, qd))
+    out = nn.Dense(c.dim, use_bias=c.proj_bias, dtype=dtype, name="proj")(out.reshape(b, t, qd))
     return out, k_cache, v_cache
 
 
@@ -99,12 +129,17 @@ class DecoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x, positions, k_cache=None, v_cache=None, starts=None, prefix_len=0, token_mask=None):
     c, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
-    h = layer_norm(c.ln_eps, dtype, "ln")(x)
+    h = norm_layer(c, "ln")(x)
     attn, k_cache, v_cache = DecoderAttention(c, name="attn")(h, positions, k_cache, v_cache, starts, prefix_len)
+    if c.block == "sequential":
+      x = x + attn
+      h = norm_layer(c, "ln2")(x)
     if self.moe_layer:
       mlp, aux = MoeMlp(c.moe, dtype, name="mlp")(h, token_mask)
     else:
-      mlp, aux = Mlp(c.ff_dim, "gelu_tanh", dtype, name="mlp")(h), jnp.zeros((), jnp.float32)
+      mlp, aux = DecoderMlp(c, name="mlp")(h), jnp.zeros((), jnp.float32)
+    if c.block == "sequential":
+      return x + mlp, k_cache, v_cache, aux
     return x + attn + mlp, k_cache, v_cache, aux
 
 
@@ -114,16 +149,22 @@ class TextDecoder(nn.Module):
   def setup(self):
     c, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     self.wte = self.param("wte", nn.initializers.normal(0.02), (c.vocab_size, c.dim))
+    if c.position == "learned":
+      self.wpe = self.param("wpe", nn.initializers.normal(0.01), (c.max_context, c.dim))
     self.blocks = [DecoderBlock(c, c.is_moe_layer(i)) for i in range(c.n_layers)]  # blocks_0 ...
-    self.post_ln = layer_norm(c.ln_eps, dtype)
-    self.lm_head = nn.Dense(c.vocab_size, dtype=dtype)
+    self.post_ln = norm_layer(c)
+    if not c.tie_embeddings:
+      self.lm_head = nn.Dense(c.vocab_size, use_bias=c.lm_head_bias, dtype=dtype)
 
   def embed(self, tokens):
     return jnp.take(self.wte, tokens, axis=0).astype(jnp.dtype(self.cfg.dtype))
 
   def logits(self, hidden):
-    """Raw hidden -> float32 vocabulary logits (post_ln, then lm_head)."""
-    return self.lm_head(self.post_ln(hidden)).astype(jnp.float32)
+    """Raw hidden -> float32 vocabulary logits (post_ln, then lm_head or the tied embedding)."""
+    h = self.post_ln(hidden)
+    if self.cfg.tie_embeddings:
+      return (h @ self.wte.T.astype(h.dtype)).astype(jnp.float32)
+    return self.lm_head(h).astype(jnp.float32)
 
   def __call__(self, x, cache=None, prefix_len=0, lengths=None, positions=None):
     """x [B, T, dim] input embeddings.
@@ -143,6 +184,8 @@ class TextDecoder(nn.Module):
       starts = None
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if self.cfg.position == "learned":  # GPT-2: absolute position embeddings join every input embedding
+      x = x + jnp.take(self.wpe, positions, axis=0).astype(x.dtype)
     ks, vs, aux = [], [], jnp.zeros((), jnp.float32)
     for i, block in enumerate(self.blocks):
       k_i = None if cache is None else cache["k"][i]

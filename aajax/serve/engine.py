@@ -108,6 +108,16 @@ class PointsRequest:
   deadline: float = math.inf
 
 
+def run_job_into(fn: Callable, fut: concurrent.futures.Future) -> None:
+  """fn()'s result or exception into fut, unless the caller cancelled it first."""
+  if not fut.set_running_or_notify_cancel():
+    return
+  try:
+    fut.set_result(fn())
+  except Exception as e:  # noqa: BLE001 - the job's caller gets the error
+    fut.set_exception(e)
+
+
 @dataclasses.dataclass
 class _Row:
   req: GenerationRequest
@@ -481,12 +491,7 @@ class Engine:
         fn, fut = self._jobs.get_nowait()
       except queue.Empty:
         return
-      if not fut.set_running_or_notify_cancel():
-        continue
-      try:
-        fut.set_result(fn())
-      except Exception as e:  # noqa: BLE001 - the job's caller gets the error
-        fut.set_exception(e)
+      run_job_into(fn, fut)
 
   def _shutdown(self):
     err = ShuttingDown("the server shut down before the request finished")

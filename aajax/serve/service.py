@@ -44,31 +44,9 @@ def demo_tokenizer(vocab_size: int):
   return tok
 
 
-def random_params(cfg, seed: int = 0) -> dict:
-  """Random params at activation-preserving scales, drawn with numpy from the shapes alone (running
-  the Flax initialisers op by op is far slower on a CPU)."""
-  from aajax.params import unflatten
-  from aajax.vlm.model import param_shapes
-  rng = np.random.default_rng(seed)
-  flat = {}
-  for path, shape in sorted(param_shapes(cfg).items()):
-    name = path[-1]
-    if name == "scale":
-      v = 1.0 + 0.1 * rng.standard_normal(shape)
-    elif name in ("bias", "alpha"):
-      v = 0.05 * rng.standard_normal(shape)
-    elif name in ("coord_features", "size_features"):
-      v = 3.0 * rng.standard_normal(shape)
-    elif name in ("wte", "pos_emb"):
-      v = 0.5 * rng.standard_normal(shape)
-    else:  # kernels [.., in, out]
-      v = rng.standard_normal(shape) * shape[-2] ** -0.5
-    flat[path] = v.astype(np.float32)
-  return unflatten(flat)
-
-
 def demo_moondream(seed: int = 0, config: str = "tiny") -> Moondream:
   from aajax.vlm.config import get_config
+  from aajax.vlm.random_init import random_params
   cfg = get_config(config)
   return Moondream(cfg, random_params(cfg, seed), MoondreamTokenizer(demo_tokenizer(cfg.text.vocab_size), cfg.tokenizer))
 

@@ -70,6 +70,26 @@ def with_defaults(config) -> ml_collections.ConfigDict:
   return out
 
 
+def parse_config_arg(arg, defaults: dict, switches=()) -> dict:
+  """The argument of a config file's get_config, "word,key=value,...", over `defaults`: key=value sets
+  a key of `defaults`; a bare word is one of `switches` (set to True) or, if `defaults` has a "size",
+  the size. Anything else is a ConfigError naming what is accepted."""
+  out = {**defaults, **{name: False for name in switches}}
+  accepted = [f"{k}=<value>" for k in defaults if k != "size"] + list(switches)
+  accepted += ["<size>"] if "size" in defaults else []
+  for part in filter(None, (arg or "").split(",")):
+    key, sep, value = part.partition("=")
+    if sep and key in defaults and key != "size":
+      out[key] = value
+    elif not sep and key in switches:
+      out[key] = True
+    elif not sep and "size" in defaults:
+      out["size"] = key
+    else:
+      raise ConfigError(f"unknown argument {part!r} to the config file; accepted: {', '.join(accepted)}")
+  return out
+
+
 def _load_module(path: str):
   if not os.path.isfile(path):
     raise ConfigError(f"config file not found: {path}")

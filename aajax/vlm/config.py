@@ -40,6 +40,17 @@ class TextConfig:
   tau: bool = False              # Moondream 3 per-token/per-position Q and V scaling
   moe: Optional[MoeConfig] = None
   dtype: str = "float32"         # compute dtype; params keep their stored dtype
+  # Decoder family switches (see aajax/decoder/families.py for the Llama / Qwen2 / GPT-2 presets);
+  # the defaults are Moondream's Phi-style block.
+  block: str = "parallel"        # "parallel": x + attn(ln x) + mlp(ln x); "sequential": two norms, two residuals
+  norm: str = "layernorm"        # "layernorm" (scale + bias) or "rmsnorm" (scale only)
+  mlp: str = "gelu_tanh"         # "gelu_tanh": fc1 -> gelu(tanh) -> fc2; "swiglu": fc1 = [gate | up], silu(gate) * up -> fc2
+  position: str = "rope"         # "rope" (rotary on the first rotary_dim dims) or "learned" (a `wpe` table added to the inputs)
+  qkv_bias: bool = True
+  proj_bias: bool = True
+  mlp_bias: bool = True
+  lm_head_bias: bool = True
+  tie_embeddings: bool = False   # logits = post_ln(h) @ wte.T (no lm_head parameter)
 
   @property
   def head_dim(self) -> int:

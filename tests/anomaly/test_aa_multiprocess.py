@@ -2,8 +2,6 @@
 process) train like 1 process x 8 devices, and their checkpoints restore onto 2 devices and 1."""
 import json
 import os
-import socket
-import subprocess
 
 import jax
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 from aajax.anomaly.tasks import AATask
 from aajax.train import checkpoint, config as config_lib, loop, stages
 from aajax.train.mesh import make_mesh, to_host
-from tests.train.helpers import ROOT, launch_cmd, subprocess_env
+from tests.train.helpers import ROOT, run_processes
 
 pytestmark = pytest.mark.multiprocess
 
@@ -31,12 +29,6 @@ OVERRIDES = [
 SHARDED = ["mesh=data:2,fsdp:4", "fsdp_min_size=0"]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _config(extra=()):
   return config_lib.apply_overrides(config_lib.load_config(CONFIG), OVERRIDES + list(extra))
 
@@ -46,28 +38,8 @@ def _losses(stage_dir):
   return [r["loss"] for r in records if r["split"] == "train"]
 
 
-def _run_two_processes(workdir):
-  port = _free_port()
-  args = [f"--config.{o}" for o in OVERRIDES + SHARDED]
-  procs = [subprocess.Popen(launch_cmd(workdir, *args, config=CONFIG), cwd=ROOT,
-                            env=subprocess_env(devices=4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                                               JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=i),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outs = []
-  for p in procs:
-    try:
-      outs.append(p.communicate(timeout=240)[0])
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-4000:]
-  return outs
-
-
 def test_two_processes_match_one_and_restore_on_fewer_devices(tmp_path):
-  outs = _run_two_processes(tmp_path / "two")   # first: the in-process run below would hold both cores
+  outs = run_processes(tmp_path / "two", [f"--config.{o}" for o in OVERRIDES + SHARDED], config=CONFIG)   # first: the in-process run below would hold both cores
   stages.run(_config(), str(tmp_path / "one"))
   assert "8 devices in 2 processes" in outs[0]
   assert "mesh data 2 x fsdp 4" in outs[0]

@@ -24,6 +24,31 @@ def launch_cmd(workdir, *args, config=TOY):
   return [sys.executable, "-m", "launch.train", f"--config={config}", f"--workdir={workdir}", *args]
 
 
+def run_processes(workdir, args, config=TOY, processes: int = 2, devices: int = 4, timeout: float = 240) -> list:
+  """launch.train as `processes` jax.distributed processes on localhost with `devices` CPU devices
+  each; asserts they all exit 0 and returns their outputs (all are killed if one hangs)."""
+  import socket
+  import subprocess
+  with socket.socket() as s:   # a free port for the coordinator
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(launch_cmd(workdir, *args, config=config), cwd=ROOT,
+                            env=subprocess_env(devices=devices, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                               JAX_NUM_PROCESSES=processes, JAX_PROCESS_ID=i),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+  outs = []
+  for p in procs:
+    try:
+      outs.append(p.communicate(timeout=timeout)[0])
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-4000:]
+  return outs
+
+
 def subprocess_env(devices: int = 8, **extra):
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"

@@ -67,3 +67,16 @@ def test_launch_unknown_key_exits_2(tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "unknown config key 'bach_size'" in proc.stderr and "batch_size" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_config_file_arguments():
+  from aajax.train.config import parse_config_arg
+  defaults = {"size": "demo", "data": "synthetic", "eval": ""}
+  assert parse_config_arg(None, defaults) == defaults
+  assert parse_config_arg("so400m,data=visa", defaults) == {"size": "so400m", "data": "visa", "eval": ""}
+  assert parse_config_arg("bug_compat,eval=mvtec", {"eval": ""}, switches=("bug_compat", "x")) == {
+      "eval": "mvtec", "bug_compat": True, "x": False}
+  for bad, message in (("dtaa=visa", "dtaa=visa"), ("size=big", "size=big"), ("so400m,typo", None)):
+    with pytest.raises(ConfigError, match="unknown argument") as e:
+      parse_config_arg(bad, {"eval": ""} if message is None else defaults, switches=("x",) if message is None else ())
+    assert "accepted:" in str(e.value)

@@ -1,45 +1,23 @@
 """2 processes x 4 CPU devices (jax.distributed on localhost) train like 1 process x 8 devices."""
 import json
-import socket
-import subprocess
 
 import numpy as np
 import pytest
 import jax
 
 from aajax.train import config as config_lib, stages
-from tests.train.helpers import ROOT, TOY, exported, launch_cmd, subprocess_env
+from tests.train.helpers import TOY, exported, run_processes
 
 pytestmark = pytest.mark.multiprocess
 
 OVERRIDES = ["steps=6", "ckpt_every=3", "log_every=3", "batch_size=16", "optimizer=sgd", "lr=0.1"]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_match_one(tmp_path):
   one = config_lib.apply_overrides(config_lib.load_config(TOY), OVERRIDES)
   stages.run(one, str(tmp_path / "one"))
 
-  port = _free_port()
-  procs = [subprocess.Popen(launch_cmd(tmp_path / "two", *[f"--config.{o}" for o in OVERRIDES]), cwd=ROOT,
-                            env=subprocess_env(devices=4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                                               JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=i),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outs = []
-  for p in procs:
-    try:
-      outs.append(p.communicate(timeout=90)[0])
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-4000:]
+  outs = run_processes(tmp_path / "two", [f"--config.{o}" for o in OVERRIDES], timeout=90)
   assert "stage first: finished at step 6" in outs[0]
   assert "8 devices in 2 processes" in outs[0]
   assert "step 3/6" not in outs[1]          # only process 0 reports
