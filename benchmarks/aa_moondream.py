@@ -173,13 +173,24 @@ def _explain(cfg, md, head, runs):
   return {"analyse": fast, "explain": detailed}
 
 
+def _kept_results(path: str, sizes) -> dict:
+  """Results of the sizes not run now, from an earlier file (a demo run keeps the md2 figures)."""
+  import json
+  import os
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    old = json.load(f).get("results", {})
+  return {k: v for k, v in old.items() if k not in sizes}
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--sizes", nargs="+", default=["demo"], choices=sorted(SIZES))
   p.add_argument("--runs", type=int, default=3)
   p.add_argument("--out", default="benchmarks/results/aa_moondream.json")
   a = p.parse_args(argv)
-  doc = {"environment": harness.environment(), "results": {}}
+  doc = {"environment": harness.environment(), "results": _kept_results(a.out, a.sizes)}
   for size in a.sizes:
     doc["results"][size] = r = run_size(size, a.runs)
     print(f"{size}: head jax {r['head_jax']['median_s'] * 1e3:.1f} ms, torch {r['head_torch']['median_s'] * 1e3:.1f} ms "
