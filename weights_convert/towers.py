@@ -5,13 +5,17 @@
     -> optional position-table resize -> model directory (config.json, params/, tokenizer/)
 """
 import argparse
+import atexit
 import dataclasses
 import os
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 
 from aajax.encoders.config import TwoTowerConfig
+from aajax.encoders.tokenizers import openai_bpe_file, write_bpe_from_openai
 from aajax.errors import AajaxError, CheckpointError, ConfigError
 from weights_convert import big_vision, openai_clip
 from weights_convert.common import apply_table, expected_shapes, flatten
@@ -56,10 +60,17 @@ def tokenizer_files(path: str | None) -> dict[str, str]:
     return {}
   if not os.path.exists(path):
     raise CheckpointError(f"tokenizer not found: {path}")
+  bpe = openai_bpe_file(path)
+  if bpe is not None:   # stored as the vocab.json + merges.txt it implies, which every loader reads
+    out = tempfile.mkdtemp(prefix="aajax_bpe_")
+    atexit.register(shutil.rmtree, out, True)
+    write_bpe_from_openai(bpe, out)
+    return {f"tokenizer/{f}": os.path.join(out, f) for f in sorted(os.listdir(out))}
   if os.path.isfile(path):
     if path.endswith(".model"):  # a bare SentencePiece model (big_vision's c4_en)
       return {"tokenizer/spiece.model": path}
-    raise CheckpointError(f"{path}: expected a tokenizer directory or a SentencePiece .model file")
+    raise CheckpointError(f"{path}: expected a tokenizer directory, a SentencePiece .model file or OpenAI's "
+                          f"bpe_simple_vocab_16e6.txt.gz")
   found = {f"tokenizer/{f}": os.path.join(path, f) for f in TOKENIZER_FILES if os.path.exists(os.path.join(path, f))}
   if not found:
     raise CheckpointError(f"no tokenizer files in {path} (expected one of {', '.join(TOKENIZER_FILES)})")

@@ -45,8 +45,8 @@ def _url(part: ImagePart) -> str:
 
 def plan_chat(req: ChatCompletionRequest, service) -> ChatPlan:
   settings = service.settings
-  if req.n != 1:
-    raise bad_request("only n=1 is supported", "unsupported_parameter", "n")
+  if req.n > settings.max_n:
+    raise bad_request(f"n={req.n}: at most {settings.max_n} choices per request", "unsupported_parameter", "n")
   if req.top_logprobs and not req.logprobs:
     raise bad_request("top_logprobs needs logprobs=true", "invalid_parameter", "top_logprobs")
   users = [m for m in req.messages if m.role == "user"]
@@ -66,6 +66,8 @@ def plan_chat(req: ChatCompletionRequest, service) -> ChatPlan:
   task = req.task or ("caption" if images and not text.strip() else "query")
   if task in ("detect", "point") and not images:
     raise bad_request(f"{task} needs an image", "missing_image", "messages")
+  if task in ("detect", "point") and req.n != 1:
+    raise bad_request(f"{task} is deterministic: n must be 1", "unsupported_parameter", "n")
   stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
   if len(stops) > settings.max_stop_sequences:
     raise bad_request(f"at most {settings.max_stop_sequences} stop sequences", "too_many_stop_sequences", "stop")
@@ -74,14 +76,14 @@ def plan_chat(req: ChatCompletionRequest, service) -> ChatPlan:
 
 
 class EventBridge:
-  """Engine-thread callback -> asyncio queue of this request."""
+  """Engine-thread callbacks -> one asyncio queue of (choice index, event) for a whole completion."""
 
   def __init__(self):
     self.loop = asyncio.get_running_loop()
     self.queue: asyncio.Queue = asyncio.Queue()
 
-  def __call__(self, event):
-    self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+  def for_choice(self, index: int):
+    return lambda event: self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
 
 
 def failure_to_api_error(error: Exception) -> ApiError:
@@ -98,17 +100,20 @@ def failure_to_api_error(error: Exception) -> ApiError:
   return ApiError(500, "internal error while generating", "internal_error")
 
 
-async def next_event(bridge: EventBridge, req: E.GenerationRequest, deadline: float, http_request=None):
-  """The next engine event; cancels the request and raises on a deadline or a disconnected client."""
+async def next_event(bridge: EventBridge, reqs, deadline: float, http_request=None):
+  """The next (choice index, engine event); cancels every request and raises on a deadline or a
+  disconnected client."""
   while True:
     try:
       return await asyncio.wait_for(bridge.queue.get(), POLL_S)
     except asyncio.TimeoutError:
       if http_request is not None and await http_request.is_disconnected():
-        req.cancel()
+        for req in reqs:
+          req.cancel()
         raise ApiError(499, "client disconnected", "client_closed") from None
-      if time.monotonic() > deadline + 1.0:  # the engine frees the row itself; this is the backstop
-        req.cancel()
+      if time.monotonic() > deadline + 1.0:  # the engine frees the rows itself; this is the backstop
+        for req in reqs:
+          req.cancel()
         raise ApiError(504, "request timed out", "timeout") from None
 
 
@@ -128,8 +133,29 @@ def _usage(done: Optional[E.Finished], completion_tokens: int, prompt_tokens: in
           "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": {"cached_tokens": cached}}
 
 
+class Choice:
+  """One of the n answers of a completion: its engine request and text stream, and what it has done."""
+
+  def __init__(self, index: int, req: E.GenerationRequest, text: TextStream):
+    self.index, self.req, self.text = index, req, text
+    self.tokens = 0
+    self.entries: list = []
+    self.done: Optional[E.Finished] = None
+    self.reason = "stop"
+
+  @property
+  def finished(self) -> bool:
+    return self.done is not None or self.text.stopped
+
+  def finish(self, event: E.Finished) -> str:
+    """The engine's last event: the text held back for a possible stop sequence."""
+    self.done, self.reason = event, ("length" if event.reason == "length" else "stop")
+    return self.text.flush()
+
+
 class Completion:
-  """One chat completion in flight: the request, its text stream, and the OpenAI framing."""
+  """One chat completion in flight: its n choices (one engine request each, seeds seed, seed + 1, ...,
+  decoded side by side in the batch), and the OpenAI framing."""
 
   def __init__(self, service, body: ChatCompletionRequest, plan: ChatPlan, prompt, image):
     self.service, self.body, self.plan = service, body, plan
@@ -140,22 +166,39 @@ class Completion:
     self.deadline = time.monotonic() + settings.request_timeout_s
     temperature = G.DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
     top_p = G.DEFAULT_TOP_P if body.top_p is None else body.top_p
-    seed = (body.seed if body.seed is not None else uuid.uuid4().int) % 2 ** 31
-    self.req = E.GenerationRequest(prompt, image, self.bridge, max_tokens=plan.max_tokens, temperature=temperature,
-                                   top_p=top_p, seed=seed, top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
-                                   deadline=self.deadline)
-    self.text = TextStream(service.tokenizer.decode, plan.stops)
-    self.tokens = 0
+    seed = body.seed if body.seed is not None else uuid.uuid4().int
+    top_logprobs = (body.top_logprobs or 0) if body.logprobs else 0
+    self.choices = [
+        Choice(i, E.GenerationRequest(prompt, image, self.bridge.for_choice(i), max_tokens=plan.max_tokens,
+                                      temperature=temperature, top_p=top_p, seed=(seed + i) % 2 ** 31,
+                                      top_logprobs=top_logprobs, deadline=self.deadline),
+               TextStream(service.tokenizer.decode, plan.stops))
+        for i in range(body.n)]
     self.prompt_tokens = len(prompt) + (service.cfg.prefix_len if image is not None else 0)
+
+  @property
+  def reqs(self) -> list:
+    return [c.req for c in self.choices]
 
   def submit(self):
     try:
-      self.service.engine.submit(self.req)
+      for req in self.reqs:
+        self.service.engine.submit(req)
     except Exception as e:  # noqa: BLE001 - overload, shutdown, a prompt that does not fit
+      self.cancel()
       raise failure_to_api_error(e) from None
 
-  def _chunk(self, delta: dict, finish_reason=None, logprobs=None) -> str:
-    choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+  def cancel(self):
+    for c in self.choices:
+      if c.done is None:
+        c.req.cancel()
+
+  def usage(self) -> dict:
+    done = next((c.done for c in self.choices if c.done is not None), None)
+    return _usage(done, sum(c.tokens for c in self.choices), self.prompt_tokens, 0)
+
+  def _chunk(self, index: int, delta: dict, finish_reason=None, logprobs=None) -> str:
+    choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
     return self._sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                       "model": self.service.model_id, "choices": [choice]})
 
@@ -163,72 +206,72 @@ class Completion:
   def _sse(obj) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
-  def _on_token(self, token: E.Token) -> tuple[str, Optional[dict]]:
-    self.tokens += 1
-    piece = self.text.push(token.id)
+  def _on_token(self, choice: Choice, token: E.Token) -> tuple[str, Optional[dict]]:
+    choice.tokens += 1
+    piece = choice.text.push(token.id)
     entry = _logprob_entry(self.service.tokenizer, token) if self.body.logprobs else None
-    if self.text.stopped:
-      self.req.cancel()  # a stop sequence: free the row now
+    if choice.text.stopped:
+      choice.req.cancel()  # a stop sequence: free the row now
     return piece, entry
 
+  async def _events(self, http_request=None):
+    """(choice, event) until every choice has finished; events of a finished choice are dropped."""
+    while not all(c.finished for c in self.choices):
+      index, ev = await next_event(self.bridge, self.reqs, self.deadline, http_request)
+      choice = self.choices[index]
+      if choice.finished:
+        continue
+      if isinstance(ev, (E.Token, E.Finished)):
+        yield choice, ev
+      else:
+        raise failure_to_api_error(ev.error)
+
   async def collect(self, http_request) -> dict:
-    """Non-streaming: wait for the whole answer."""
+    """Non-streaming: wait for every answer."""
     self.submit()
-    done, entries, reason = None, [], "stop"
     try:
-      while not self.text.stopped:
-        ev = await next_event(self.bridge, self.req, self.deadline, http_request)
+      async for choice, ev in self._events(http_request):
         if isinstance(ev, E.Token):
-          _, entry = self._on_token(ev)
+          _, entry = self._on_token(choice, ev)
           if entry is not None:
-            entries.append(entry)
-        elif isinstance(ev, E.Finished):
-          done, reason = ev, ("length" if ev.reason == "length" else "stop")
-          self.text.flush()
-          break
+            choice.entries.append(entry)
         else:
-          raise failure_to_api_error(ev.error)
+          choice.finish(ev)
     finally:
-      if done is None:
-        self.req.cancel()
-    message = {"role": "assistant", "content": self.text.text}
-    choice = {"index": 0, "message": message, "logprobs": {"content": entries} if self.body.logprobs else None,
-              "finish_reason": reason}
+      self.cancel()
+    choices = [{"index": c.index, "message": {"role": "assistant", "content": c.text.text},
+                "logprobs": {"content": c.entries} if self.body.logprobs else None, "finish_reason": c.reason}
+               for c in self.choices]
     return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.service.model_id,
-            "choices": [choice], "usage": _usage(done, self.tokens, self.prompt_tokens, 0)}
+            "choices": choices, "usage": self.usage()}
 
   async def stream(self):
-    """Streaming: SSE chunks in the OpenAI format, ending with `data: [DONE]`."""
-    done, reason = None, "stop"
+    """Streaming: SSE chunks in the OpenAI format (each carries its choice index), ending with
+    `data: [DONE]`."""
     try:
-      yield self._chunk({"role": "assistant", "content": ""})
-      while not self.text.stopped:
-        ev = await next_event(self.bridge, self.req, self.deadline)
+      for c in self.choices:
+        yield self._chunk(c.index, {"role": "assistant", "content": ""})
+      async for choice, ev in self._events():
         if isinstance(ev, E.Token):
-          piece, entry = self._on_token(ev)
+          piece, entry = self._on_token(choice, ev)
           if piece or entry is not None:
-            yield self._chunk({"content": piece}, logprobs={"content": [entry]} if entry is not None else None)
-        elif isinstance(ev, E.Finished):
-          done, reason = ev, ("length" if ev.reason == "length" else "stop")
-          tail = self.text.flush()
-          if tail:
-            yield self._chunk({"content": tail})
-          break
+            yield self._chunk(choice.index, {"content": piece},
+                              logprobs={"content": [entry]} if entry is not None else None)
+          if choice.text.stopped:
+            yield self._chunk(choice.index, {}, finish_reason="stop")
         else:
-          err = failure_to_api_error(ev.error)
-          yield self._sse(err.body())
-          return
-      yield self._chunk({}, finish_reason=reason)
+          tail = choice.finish(ev)
+          if tail:
+            yield self._chunk(choice.index, {"content": tail})
+          yield self._chunk(choice.index, {}, finish_reason=choice.reason)
       if self.body.stream_options is not None and self.body.stream_options.include_usage:
         yield self._sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                         "model": self.service.model_id, "choices": [],
-                         "usage": _usage(done, self.tokens, self.prompt_tokens, 0)})
+                         "model": self.service.model_id, "choices": [], "usage": self.usage()})
       yield "data: [DONE]\n\n"
-    except ApiError as e:  # a timeout while streaming: tell the client in-band
+    except ApiError as e:  # a timeout or an engine failure while streaming: tell the client in-band
       yield self._sse(e.body())
     finally:
-      if done is None:
-        self.req.cancel()  # a disconnected client (task cancelled) or an error: free the row
+      self.cancel()  # a disconnected client (task cancelled) or an error: free the rows
 
 
 async def region_result(service, image, prompt: list, task: str, max_objects: int, http_request=None) -> list:

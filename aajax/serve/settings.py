@@ -13,6 +13,7 @@ class ServeSettings:
   max_prompt_tokens: int = 512             # question text after tokenization
   max_tokens_cap: int = 512                # largest max_tokens accepted (also the default)
   max_stop_sequences: int = 4
+  max_n: int = 8                           # choices per chat completion (each takes a batch row)
   max_objects_cap: int = 50                # detect / point
   request_timeout_s: float = 120.0         # from arrival to the last token
   image_dir: Optional[str] = None          # local image files are read only under this folder

@@ -122,3 +122,24 @@ def test_jpeg_and_webp(live, client, fmt):
   r = client.chat.completions.create(model=live.service.model_id, **ask("what is in the image?", image_url(6, format=fmt)),
                                      max_tokens=2, temperature=0)
   assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_n_choices_are_the_seeds_in_turn(live, client):
+  """n=3 with seed s answers what three requests with seeds s, s+1, s+2 answer, streamed or not,
+  decoded side by side; usage counts the prompt once and every choice's tokens."""
+  sampled = dict(model=live.service.model_id, **ask("describe the picture", image_url(6)), max_tokens=6,
+                 temperature=1.0, top_p=0.95)
+  singles = [client.chat.completions.create(seed=11 + i, **sampled) for i in range(3)]
+  many = client.chat.completions.create(seed=11, n=3, **sampled)
+  assert [c.index for c in many.choices] == [0, 1, 2]
+  assert [c.message.content for c in many.choices] == [s.choices[0].message.content for s in singles]
+  assert [c.finish_reason for c in many.choices] == [s.choices[0].finish_reason for s in singles]
+  assert many.usage.prompt_tokens == singles[0].usage.prompt_tokens
+  assert many.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles)
+  texts, finished = ["", "", ""], [None, None, None]
+  for chunk in client.chat.completions.create(seed=11, n=3, stream=True, **sampled):
+    for c in chunk.choices:
+      texts[c.index] += c.delta.content or ""
+      finished[c.index] = c.finish_reason or finished[c.index]
+  assert texts == [c.message.content for c in many.choices]
+  assert finished == [c.finish_reason for c in many.choices]
