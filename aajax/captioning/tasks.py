@@ -27,7 +27,7 @@ import optax
 
 from aajax.captioning import data as cap_data
 from aajax.captioning.prefix_vlm import PrefixVLM, PrefixVLMConfig, shifted_cross_entropy
-from aajax.captioning.xattn import XAttnCaptioner, greedy
+from aajax.captioning.xattn import XAttnCaptioner, greedy_cached
 from aajax.encoders.config import ViTConfig
 from aajax.decoder import families
 from aajax.errors import CheckpointError, ConfigError
@@ -177,7 +177,7 @@ class CaptionerTask:
     bos = self.tokenizer.bos_id
     if self.arch == "prefix":
       return self.model.generate(params, images, max_new, bos)
-    return greedy(self.model, params, images, max_new, bos)
+    return greedy_cached(self.model, params, images, max_new, bos)
 
   def _fn(self, name, fn, **static):
     if name not in self._jitted:
