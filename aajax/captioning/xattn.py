@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aajax.decoder.model import DecoderBlock
+from aajax.decoder.model import DecoderBlock, norm_layer
 from aajax.encoders.config import ViTConfig
 from aajax.encoders.vit import VisionTransformer
 from aajax.nn.attention import MultiHeadAttention
@@ -39,11 +39,14 @@ class XAttnCaptioner(nn.Module):
     self.vision = VisionTransformer(self.vision_cfg)
     self.enc_to_dec = nn.Dense(c.dim)
     self.wte = self.param("wte", nn.initializers.normal(0.02), (c.vocab_size, c.dim))
+    if c.position == "learned":
+      self.wpe = self.param("wpe", nn.initializers.normal(0.01), (c.max_context, c.dim))
     block = nn.remat(DecoderBlock) if self.remat else DecoderBlock
     self.blocks = [block(c) for _ in range(c.n_layers)]
     self.xattn = [CrossAttention(c) for _ in range(c.n_layers)]
-    self.post_ln = layer_norm(c.ln_eps)
-    self.lm_head = nn.Dense(c.vocab_size)
+    self.post_ln = norm_layer(c)
+    if not c.tie_embeddings:
+      self.lm_head = nn.Dense(c.vocab_size, use_bias=c.lm_head_bias)
 
   def encode(self, images):
     return self.enc_to_dec(self.vision(images)["tokens"])
@@ -53,10 +56,15 @@ class XAttnCaptioner(nn.Module):
     b, t = tokens.shape
     x = jnp.take(self.wte, tokens, axis=0)
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if self.text_cfg.position == "learned":
+      x = x + jnp.take(self.wpe, positions, axis=0)
     for block, xattn in zip(self.blocks, self.xattn):
       x = block(x, positions)[0]
       x = xattn(x, context)
-    return self.lm_head(self.post_ln(x)).astype(jnp.float32)
+    h = self.post_ln(x)
+    if self.text_cfg.tie_embeddings:
+      return (h @ self.wte.T).astype(jnp.float32)
+    return self.lm_head(h).astype(jnp.float32)
 
   def __call__(self, images, tokens):
     return self.decode(self.encode(images), tokens)
