@@ -39,6 +39,12 @@ def _ensure_builtin_kinds():
     from aajax.vlm.config import MoondreamConfig
     from aajax.vlm.model import MoondreamModules
     register_kind("moondream", MoondreamConfig.from_dict, MoondreamModules)
+  if "aa_moondream" not in _KINDS:
+    # (AAMoondream module, stored params {"head", "lora", "moondream"?}); the base Moondream a
+    # directory refers to is resolved by aajax.aa_moondream.exported.load_model
+    from aajax.aa_moondream.exported import config_from_meta
+    from aajax.aa_moondream.model import AAMoondream
+    register_kind("aa_moondream", config_from_meta, AAMoondream)
   if "decoder" not in _KINDS:
     from aajax.decoder.families import config_from_dict
     from aajax.decoder.model import TextDecoder

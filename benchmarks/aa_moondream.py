@@ -6,7 +6,10 @@ Phases, each the median of --runs calls after a compiling first call (reported a
   head        adapted vision forward + anomaly head of a batch: maps and image logits
               (torch: tests/aa_moondream/test_parity.py's reference, Moondream's blocks from
               tests/moondream/torch_reference.py)
-  stage_a     one training step of the head (forward, backward through the frozen tower, Adam)
+  stage_a     one training step of the head: loss, backward through the frozen tower into the
+              adapters / projections / anchors, Adam update; JAX jitted, each call continuing from the
+              new state and blocking on all of it; torch the reference's loss, backward and
+              torch.optim.Adam (the loss and gradients equal, tests/aa_moondream/test_parity.py)
   explain     one image: head, boxes, 16 greedy explanation tokens after the context, detect (demo
               size only: the full decoder does not fit a CPU budget)
 
@@ -80,9 +83,7 @@ def _vision_state(vision, cfg):
 
 def run_size(size: str, runs: int) -> dict:
   import jax
-  import optax
   import torch
-  from aajax.aa_moondream import objectives
   from aajax.aa_moondream.model import AAMoondream
   from tests.aa_moondream.test_parity import torch_head
   s = SIZES[size]
@@ -107,23 +108,55 @@ def run_size(size: str, runs: int) -> dict:
     out["head_torch"] = harness.measure(lambda: torch_head(cfg, state, head, images), runs)
   out["head_ratio_torch_over_jax"] = out["head_torch"]["median_s"] / out["head_jax"]["median_s"]
 
-  tx = optax.adam(1e-3, b1=0.5)
-  trainable = jax.device_put(head)
-  opt = tx.init(trainable)
-
-  @jax.jit
-  def step(trainable, opt, frozen, batch):
-    loss, grads = jax.value_and_grad(lambda t: objectives.anomaly_loss(model, {**t, "vision": frozen}, batch)[0])(
-        trainable)
-    updates, opt = tx.update(grads, opt, trainable)
-    return optax.apply_updates(trainable, updates), opt, loss
-
-  out["stage_a_step_jax"] = harness.measure(lambda: step(trainable, opt, params["vision"], batch)[2].block_until_ready(),
-                                            runs)
+  out["stage_a_step_jax"] = _jax_step(model, head, params["vision"], batch, runs)
+  out["stage_a_step_torch"] = _torch_step(cfg, state, head, batch, runs)
+  out["stage_a_ratio_torch_over_jax"] = out["stage_a_step_torch"]["median_s"] / out["stage_a_step_jax"]["median_s"]
   if s["explain"]:
     out["explain_jax"] = _explain(cfg, md, head, runs)
   out["peak_mib"] = harness.peak_mib()
   return out
+
+
+def _jax_step(model, head, frozen, batch, runs):
+  """One jitted stage-A step (loss, gradients of the head through the frozen tower, Adam update),
+  each call continuing from the previous state and waiting for the whole new state."""
+  import jax
+  import optax
+  from aajax.aa_moondream import objectives
+  tx = optax.adam(1e-3, b1=0.5)
+
+  @jax.jit
+  def step(trainable, opt, frozen, batch):   # frozen as an argument: a closure would embed it as constants
+    loss, grads = jax.value_and_grad(lambda p: objectives.anomaly_loss(model, {**p, "vision": frozen}, batch)[0])(
+        trainable)
+    updates, opt = tx.update(grads, opt, trainable)
+    return optax.apply_updates(trainable, updates), opt, loss
+
+  trainable = jax.device_put(head)
+  carry = [trainable, tx.init(trainable)]
+  batch = jax.device_put(batch)
+
+  def call():
+    carry[0], carry[1], loss = step(carry[0], carry[1], frozen, batch)
+    jax.block_until_ready((carry, loss))
+  return harness.measure(call, runs)
+
+
+def _torch_step(cfg, state, head, batch, runs):
+  """The same step in torch: the reference head's loss, backward into the head params, Adam."""
+  import jax
+  import torch
+  from tests.aa_moondream.test_parity import torch_stage_a_loss
+  leaves, tree = jax.tree.flatten(head)
+  params = [torch.tensor(np.asarray(x, np.float32), requires_grad=True) for x in leaves]
+  head_t = jax.tree.unflatten(tree, params)
+  opt = torch.optim.Adam(params, lr=1e-3, betas=(0.5, 0.999))
+
+  def call():
+    opt.zero_grad(set_to_none=True)
+    torch_stage_a_loss(cfg, state, head_t, batch)[0].backward()
+    opt.step()
+  return harness.measure(call, runs)
 
 
 def _explain(cfg, md, head, runs):
@@ -150,7 +183,8 @@ def main(argv=None):
   for size in a.sizes:
     doc["results"][size] = r = run_size(size, a.runs)
     print(f"{size}: head jax {r['head_jax']['median_s'] * 1e3:.1f} ms, torch {r['head_torch']['median_s'] * 1e3:.1f} ms "
-          f"(torch / jax {r['head_ratio_torch_over_jax']:.2f}); stage-A step {r['stage_a_step_jax']['median_s'] * 1e3:.1f} ms"
+          f"(torch / jax {r['head_ratio_torch_over_jax']:.2f}); stage-A step jax {r['stage_a_step_jax']['median_s'] * 1e3:.1f} ms, "
+          f"torch {r['stage_a_step_torch']['median_s'] * 1e3:.1f} ms (torch / jax {r['stage_a_ratio_torch_over_jax']:.2f})"
           + (f"; analyse {r['explain_jax']['analyse']['median_s'] * 1e3:.1f} ms, explain "
              f"{r['explain_jax']['explain']['median_s'] * 1e3:.1f} ms" if "explain_jax" in r else ""))
   harness.write_json(a.out, doc)

@@ -8,49 +8,21 @@ Phases (each: compile time apart, then the median of --runs timed runs):
   decode   --tokens greedy steps at each --batch, every row continuing the same prefilled prefix
            (the cache repeated), the host reading each step's tokens; tokens/s
 The two implementations run in separate subprocesses one after the other (so each one's peak
-memory is its own); the JSON also records the CPU time other processes used meanwhile.
+memory is its own). Timing is `benchmarks.harness.measure` (first call apart, median, the CPU time
+other processes used meanwhile and a `contended` flag per phase).
 
   python -m benchmarks.decoder [--config moondream2] [--batch 1 8] [--prefill_batch 1 8] [--tokens 32] [--runs 3]
                                [--out benchmarks/results/decoder.json]
 """
 import argparse
 import json
-import os
-import resource
-import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
 
-
-def _peak_mib():
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _machine_busy_s():
-  with open("/proc/stat") as f:
-    fields = [float(x) for x in f.readline().split()[1:]]
-  return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s():
-  r = resource.getrusage(resource.RUSAGE_SELF)
-  return r.ru_utime + r.ru_stime
-
-
-def timed(fn, runs):
-  """(first call seconds: compile + run, median of `runs` later calls)."""
-  t0 = time.perf_counter()
-  fn()
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(runs):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return first, statistics.median(times)
+from benchmarks import harness
 
 
 def random_state(cfg, seed=0):
@@ -87,7 +59,7 @@ def run_jax(cfg, args):
   fns, tc, res = MoondreamFns(cfg), cfg.text, {"device": str(jax.devices()[0])}
   v = cfg.vision
   crops = np.random.default_rng(0).uniform(-1, 1, (2 * args.images, v.crop_size, v.crop_size, 3)).astype(np.float32)
-  res["vision"] = timed(lambda: fns.encode_crops(params["vision"], crops).block_until_ready(), args.runs)
+  res["vision"] = harness.measure(lambda: fns.encode_crops(params["vision"], crops).block_until_ready(), args.runs)
   steps, p = fns.steps, params["text"]
   t = cfg.prefix_len + args.prompt
   size = t + args.tokens
@@ -97,7 +69,7 @@ def run_jax(cfg, args):
     cache = kvc.init_cache(tc.n_layers, b, size, tc.n_kv_heads, tc.head_dim)
     return steps.prefill(p, x[:b], cache, prefix_len=cfg.prefix_len)
   for b in args.prefill_batch:
-    res[f"prefill_b{b}"] = timed(lambda: prefill(b)["logits"].block_until_ready(), args.runs)
+    res[f"prefill_b{b}"] = harness.measure(lambda: prefill(b)["logits"].block_until_ready(), args.runs)
   first = prefill(1)
   key = jax.random.PRNGKey(0)
   for b in args.batch:  # decode rows start from the same prefilled prefix
@@ -108,7 +80,7 @@ def run_jax(cfg, args):
         out = steps.decode_tokens(p, tok, cache, key, 0.0, 1.0)
         cache, tok = out["cache"], out["tokens"]
         np.asarray(tok)  # the host reads each token, as generation does
-    res[f"decode_b{b}"] = timed(decode, max(1, args.runs - 1))
+    res[f"decode_b{b}"] = harness.measure(decode, max(1, args.runs - 1))
   return res
 
 
@@ -123,7 +95,7 @@ def run_torch(cfg, args):
   vision = siglip_vision_model(state, v)
   crops = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (2 * args.images, 3, v.crop_size, v.crop_size))
                            .astype(np.float32))
-  res["vision"] = timed(lambda: vision(pixel_values=crops), args.runs)
+  res["vision"] = harness.measure(lambda: vision(pixel_values=crops), args.runs)
   del vision
   phi = phi_model(state, tc)
   hf_cfg = phi.config
@@ -134,7 +106,7 @@ def run_torch(cfg, args):
     out = phi(inputs_embeds=x[:b], past_key_values=DynamicCache(config=hf_cfg), use_cache=True, logits_to_keep=1)
     return out.logits[:, -1], out.past_key_values
   for b in args.prefill_batch:
-    res[f"prefill_b{b}"] = timed(lambda: prefill(b), args.runs)
+    res[f"prefill_b{b}"] = harness.measure(lambda: prefill(b), args.runs)
   logits, cache0 = prefill(1)
   for b in args.batch:
     def decode():
@@ -146,7 +118,7 @@ def run_torch(cfg, args):
         out = phi(input_ids=tok, past_key_values=cache, use_cache=True)
         cache, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
         tok.numpy()
-    res[f"decode_b{b}"] = timed(decode, max(1, args.runs - 1))
+    res[f"decode_b{b}"] = harness.measure(decode, max(1, args.runs - 1))
   return res
 
 
@@ -164,11 +136,11 @@ def bench_config(args):
 
 def one_impl(args):
   cfg = bench_config(args)
-  busy0, own0, t0 = _machine_busy_s(), _own_cpu_s(), time.time()
+  busy0, own0, t0 = harness.machine_busy_s(), harness.own_cpu_s(), time.time()
   res = (run_jax if args.impl == "jax" else run_torch)(cfg, args)
-  res["peak_rss_mib"] = _peak_mib()
+  res["peak_rss_mib"] = harness.peak_mib()
   res["wall_s"] = time.time() - t0
-  res["other_processes_cpu_s"] = max(0.0, (_machine_busy_s() - busy0) - (_own_cpu_s() - own0))
+  res["other_processes_cpu_s"] = max(0.0, (harness.machine_busy_s() - busy0) - (harness.own_cpu_s() - own0))
   json.dump(res, sys.stdout)
 
 
@@ -176,10 +148,11 @@ def summarise(results, args):
   rows = {}
   ours, ref = results["jax"], results["torch"]
   for key in ours:
-    if isinstance(ours[key], list):
-      (c_j, m_j), (c_t, m_t) = ours[key], ref[key]
-      row = {"jax_s": m_j, "torch_s": m_t, "jax_first_call_s": c_j, "torch_first_call_s": c_t,
-             "speedup": m_t / m_j}
+    if isinstance(ours[key], dict) and "median_s" in ours[key]:
+      j, t = ours[key], ref[key]
+      m_j, m_t = j["median_s"], t["median_s"]
+      row = {"jax_s": m_j, "torch_s": m_t, "jax_first_call_s": j["first_s"], "torch_first_call_s": t["first_s"],
+             "speedup": m_t / m_j, "contended": j["contended"] or t["contended"]}
       if key.startswith("decode_b"):
         b = int(key[len("decode_b"):])
         row["jax_tokens_per_s"] = b * args.tokens / m_j
@@ -214,12 +187,8 @@ def main(argv=None):
       raise SystemExit(f"{impl} run failed")
     results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
   report = {"config": args.config, "args": {k: v for k, v in vars(args).items() if k not in ("impl", "out")},
-            "raw": results, "summary": summarise(results, args)}
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  tmp = args.out + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(report, f, indent=2)
-  os.replace(tmp, args.out)
+            "environment": harness.environment(), "raw": results, "summary": summarise(results, args)}
+  harness.write_json(args.out, report)
   print(json.dumps(report["summary"], indent=2))
   return 0
 

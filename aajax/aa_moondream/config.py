@@ -12,9 +12,10 @@ import dataclasses
 from aajax.errors import ConfigError
 from aajax.vlm.config import MoondreamConfig
 
-# Moondream's LoRA variants adapt these four layers of every decoder block.
-DECODER_LORA_TARGETS = (r"blocks_\d+/attn/qkv$", r"blocks_\d+/attn/proj$", r"blocks_\d+/mlp/fc1$",
-                        r"blocks_\d+/mlp/fc2$")
+# Moondream's LoRA variants adapt qkv, proj, fc1 and fc2 of every decoder block, but their proj pair
+# reads the block input, not the attention output (`aajax.vlm.lora_variant`). AA-Moondream adapts the
+# three where an ordinary LoRA and a variant agree, so its LoRA exports as a variant exactly.
+DECODER_LORA_TARGETS = (r"blocks_\d+/attn/qkv$", r"blocks_\d+/mlp/fc1$", r"blocks_\d+/mlp/fc2$")
 
 
 @dataclasses.dataclass(frozen=True)

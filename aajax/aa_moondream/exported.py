@@ -6,6 +6,10 @@
                       (after stage "qa"); "moondream": the base params, only for a random base}
     tokenizer.json
 
+The kind is registered in `aajax.model_dir`, so `aajax.model_dir.load_model(dir)` gives
+(AAMoondream module, the stored params); `load_model` below also resolves the base Moondream and the
+tokenizer.
+
 A converted base (`base.init`) is not copied: the directory refers to it, as AA model directories
 refer to their tokenizer, so a 2B base is stored once.
 """
@@ -31,6 +35,14 @@ class TrainedAAMoondream:
   source: dict              # anomaly source spec
   qa: dict                  # {"max_boxes", "map_threshold"}
   base: dict
+
+
+def config_from_meta(meta: dict) -> AAMoondreamConfig:
+  """The AAMoondreamConfig of a directory's config.json "config" entry."""
+  try:
+    return AAMoondreamConfig.from_dict(meta["aa"])
+  except (KeyError, TypeError) as e:
+    raise CheckpointError(f"AA-Moondream model config lacks {e}") from None
 
 
 def write_model(path: str, cfg: AAMoondreamConfig, base: dict, moondream, head, lora, tokenizer, source: dict,
@@ -68,21 +80,21 @@ def find_model_dir(path: str) -> str:
 
 
 def load_model(path: str) -> TrainedAAMoondream:
+  from aajax import model_dir
   from aajax.aa_moondream import tokenizer as tok_lib
-  from aajax.model_dir import load_params, read_model_config
   from aajax.vlm.moondream import to_device
   path = find_model_dir(path)
-  kind, meta = read_model_config(path)
+  kind, meta = model_dir.read_model_config(path)
   if kind != KIND:
     raise CheckpointError(f"{path} holds a {kind!r} model, expected an AA-Moondream model ({KIND!r})")
   try:
-    cfg = AAMoondreamConfig.from_dict(meta["aa"])
     base, source, qa = meta["base"], meta["source"], meta["qa"]
-  except KeyError as e:
+  except (KeyError, TypeError) as e:
     raise CheckpointError(f"{path}/config.json lacks {e}") from None
-  params = to_device(load_params(path))
+  model, params = model_dir.load_model(path, expect_kind=KIND)
+  cfg, params = model.cfg, to_device(params)
   if base.get("init"):
-    moondream = to_device(load_params(base["init"]))
+    moondream = to_device(model_dir.load_params(base["init"]))
   elif "moondream" in params:
     moondream = params["moondream"]
   else:
@@ -113,3 +125,12 @@ def load_any(path: str) -> TrainedAAMoondream:
   if os.path.isfile(os.path.join(path, "config.json")) and read_model_config(path)[0] == "moondream":
     return from_moondream_dir(path)
   return load_model(path)
+
+
+def write_variant(trained: TrainedAAMoondream, path: str) -> str:
+  """The stage-B LoRA as a Moondream variant `.pt` (`aajax.vlm.lora_variant`), scale folded in."""
+  from aajax.vlm import lora_variant
+  if trained.lora is None:
+    raise CheckpointError("this model has no decoder LoRA (train stage 'qa' first)")
+  state = lora_variant.to_variant_state(trained.lora, trained.cfg.lora.scale, trained.moondream["text"])
+  return lora_variant.save_variant(path, state)

@@ -34,9 +34,15 @@ class HeadSource:
     self.params = params
 
   def __call__(self, images):
+    parts = [self.of_crops(crops_of(images[i:i + self.batch_size], self.size))   # a batch of crops at a time
+             for i in range(0, len(images), self.batch_size)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+  def of_crops(self, crops):
+    """Normalised crops [B, S, S, 3] -> (scores [B], maps [B, g, g]), in batches of few shapes."""
     scores, maps = [], []
-    for i in range(0, len(images), self.batch_size):
-      chunk = crops_of(images[i:i + self.batch_size], self.size)
+    for i in range(0, len(crops), self.batch_size):
+      chunk = crops[i:i + self.batch_size]
       pad = bucket(len(chunk), self.batch_size) - len(chunk)   # few compiled shapes
       x = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)]) if pad else chunk
       pix, img = self._fn(self.params, x)

@@ -28,8 +28,8 @@ def test_moondream2_layout_and_trainable_sizes():
   assert n_head == 6 * 1152 ** 2 + 5 * 1152 * 768 + 768 * 2 + 4 + 1
   text = jax.eval_shape(lambda: md_init(cfg.moondream, jax.random.PRNGKey(0))["text"])
   adapters = jax.eval_shape(lambda: lora.init_lora(jax.random.PRNGKey(0), text, cfg.lora))
-  # rank 8 on qkv (2048 -> 6144), proj, fc1 (-> 8192), fc2 of 24 blocks
-  assert lora.count(adapters) == 24 * 8 * (2048 + 6144 + 2048 + 2048 + 2048 + 8192 + 8192 + 2048)
+  # rank 8 on qkv (2048 -> 6144), fc1 (-> 8192) and fc2 of 24 blocks
+  assert lora.count(adapters) == 24 * 8 * (2048 + 6144 + 2048 + 8192 + 8192 + 2048)
 
 
 def test_demo_config_and_bad_settings():

@@ -20,12 +20,12 @@ def trained_lora(md, cfg, seed):
   return fresh, jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape).astype(np.float32) * 0.2), fresh)
 
 
-def test_targets_are_the_four_decoder_layers_of_every_block():
+def test_targets_are_qkv_fc1_fc2_of_every_block():
   cfg, md, _ = tiny_params()
   paths = [p for p, _ in lora.target_paths(md["text"], cfg.lora)]
-  assert len(paths) == 4 * cfg.moondream.text.n_layers
+  assert len(paths) == 3 * cfg.moondream.text.n_layers
   assert ("blocks_0", "attn", "qkv") in paths and ("blocks_2", "mlp", "fc2") in paths
-  assert ("lm_head",) not in paths
+  assert ("blocks_0", "attn", "proj") not in paths and ("lm_head",) not in paths
 
 
 def test_merge_equals_unmerged_and_the_torch_reference_decoder():

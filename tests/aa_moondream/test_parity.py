@@ -21,7 +21,8 @@ HIGHEST = jax.default_matmul_precision("highest")
 
 
 def t(x):
-  return torch.tensor(np.asarray(x, np.float32))
+  """A float32 torch tensor; torch tensors pass through (trainable head params keep their graph)."""
+  return x if isinstance(x, torch.Tensor) else torch.tensor(np.asarray(x, np.float32))
 
 
 def vision_block(state, vc, i, x):
@@ -59,7 +60,7 @@ def torch_head(cfg, state, head, crops_nhwc):
   diff = (fused[..., 1] - fused[..., 0]) / cfg.score_scale
   k = max(1, round(cfg.topk_fraction * diff.shape[1]))
   peak = diff.topk(k, dim=1).values.mean(1)
-  evidence = torch.stack([torch.zeros_like(peak), float(head["map_weight"]) * peak], -1)
+  evidence = torch.stack([torch.zeros_like(peak), t(head["map_weight"]) * peak], -1)
   return levels, fused, cfg.det_scale * (det @ anchors + evidence)
 
 
@@ -71,6 +72,16 @@ def probabilities(logits, size):
   return torch.softmax(up, dim=1)
 
 
+def torch_stage_a_loss(cfg, state, head, batch):
+  """(loss, seg, fused, det) of AA-CLIP's stage-2 family on the torch head (`objectives.anomaly_loss`)."""
+  levels, fused, image = torch_head(cfg, state, head, batch["images"])
+  size, mask = cfg.image_size, t(batch["masks"])
+  seg = sum(aa_ref.seg_loss(probabilities(lg, size), mask) for lg in levels)
+  fused_loss = aa_ref.seg_loss(probabilities(fused, size), mask)
+  det = F.cross_entropy(image, torch.tensor(batch["labels"]).long())
+  return seg + fused_loss + det, seg, fused_loss, det
+
+
 def batch(cfg, seed=0):
   rng = np.random.default_rng(seed)
   s = cfg.image_size
@@ -80,30 +91,36 @@ def batch(cfg, seed=0):
           "labels": np.array([0, 1], np.int32)}
 
 
-def test_head_forward_and_stage_a_loss_match_torch():
+def test_head_forward_stage_a_loss_and_gradients_match_torch():
+  """Also the head's gradients through the frozen tower (what the stage-A step and its benchmark run)."""
   cfg, md, head = tiny_params()
   state = params_to_state(md, cfg.moondream)
   b = batch(cfg)
   params = {**head, "vision": md["vision"]}
+  model = AAMoondream(cfg)
   with HIGHEST:
-    out = AAMoondream(cfg).apply({"params": params}, b["images"])
-    loss, metrics = objectives.anomaly_loss(AAMoondream(cfg), params, b)
+    out = jax.jit(model.apply)({"params": params}, b["images"])   # one compile each, not op by op
+    (loss, metrics), grads = jax.jit(jax.value_and_grad(
+        lambda h, v, b: objectives.anomaly_loss(model, {**h, "vision": v}, b), has_aux=True))(head, md["vision"], b)
   levels, fused, image = torch_head(cfg, state, head, b["images"])
   for got, want in zip(out["level_logits"], levels):
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-3)   # logits are scaled by 100
   np.testing.assert_allclose(out["fused_logits"], fused.numpy(), rtol=1e-4, atol=1e-3)
   np.testing.assert_allclose(out["image_logits"], image.numpy(), rtol=1e-4, atol=1e-4)
 
-  g, size = cfg.grid, cfg.image_size
-  mask = t(b["masks"])
-  seg = sum(aa_ref.seg_loss(probabilities(lg, size), mask) for lg in levels)
-  fused_loss = aa_ref.seg_loss(probabilities(fused, size), mask)
-  det = F.cross_entropy(image, torch.tensor(b["labels"]).long())
+  total, seg, fused_loss, det = torch_stage_a_loss(cfg, state, head, b)
   np.testing.assert_allclose(metrics["seg_loss"], seg.item(), rtol=1e-4)
   np.testing.assert_allclose(metrics["fused_seg_loss"], fused_loss.item(), rtol=1e-4)
   np.testing.assert_allclose(metrics["det_loss"], det.item(), rtol=1e-4)
-  np.testing.assert_allclose(loss, (seg + fused_loss + det).item(), rtol=1e-4)
+  np.testing.assert_allclose(loss, total.item(), rtol=1e-4)
+  g = cfg.grid
   assert g * g == out["fused_logits"].shape[1]
+
+  leaves, tree = jax.tree.flatten(head)
+  trainable = [torch.tensor(np.asarray(x, np.float32), requires_grad=True) for x in leaves]
+  torch_stage_a_loss(cfg, state, jax.tree.unflatten(tree, trainable), b)[0].backward()
+  for got, want in zip(jax.tree.leaves(grads), trainable):
+    np.testing.assert_allclose(got, want.grad.numpy(), rtol=2e-3, atol=2e-5)
 
 
 def test_probabilities_are_in_unit_range():
@@ -185,3 +202,4 @@ def test_qa_sequence_loss_matches_torch():
   assert n_c == 4 and n_s == 4   # two boxes: x and y bins, w and h bins
   np.testing.assert_allclose(metrics["token_loss"], (tok_sum / n_tok).item(), rtol=1e-4)
   np.testing.assert_allclose(loss, want.item(), rtol=1e-4)
+
