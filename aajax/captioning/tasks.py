@@ -8,7 +8,8 @@
 The decoder is any family of `aajax.decoder.families` (`model.text.family`: phi, llama, qwen2, gpt2)
 at the shapes of `model.text`, randomly initialised, or, with `model.decoder_dir`, a converted
 decoder (`python -m weights_convert.decoder`): its config replaces `model.text` and its weights the
-random decoder (prefix VLM only; the captions' word ids must fit its vocabulary).
+random decoder (prefix VLM only), and its tokenizer (`tokenizer.json` copied by the converter) encodes
+the captions; a directory without one gets the captions' word tokenizer (its ids must fit the vocabulary).
 Gradient accumulation (`accum`), bfloat16 compute (`dtype`), the mesh and checkpoints are the
 trainer's. Evaluation on the held-out captions: loss, teacher-forced token accuracy, and greedy
 generation (exact match, word accuracy), with a few samples written to <workdir>/eval/captions.jsonl.
@@ -93,6 +94,13 @@ def caption_pairs(data_cfg, split: str, seed: int):
   raise ConfigError(f"unknown caption source {data_cfg.source!r}; expected 'synthetic' or 'pairs'")
 
 
+def caption_tokenizer(decoder_dir: str, pairs):
+  """The converted decoder's own tokenizer when its directory has one, else words of the captions."""
+  if decoder_dir and os.path.exists(os.path.join(decoder_dir, "tokenizer.json")):
+    return cap_data.LMTokenizer(decoder_dir)
+  return cap_data.WordTokenizer.from_captions(p.caption for p in pairs)
+
+
 def replaced(random_params, loaded, source: str):
   """The loaded tree in place of the random one, after checking they have the same paths and shapes."""
   want = jax.tree_util.tree_structure(random_params)
@@ -111,13 +119,13 @@ class CaptionerTask:
       raise ConfigError(f"model.arch must be one of {ARCHS}, got {arch!r}")
     self.config, self.arch = config, arch
     self.pairs = caption_pairs(config.data, "train", config.seed)
-    self.tokenizer = cap_data.WordTokenizer.from_captions(p.caption for p in self.pairs)
-    vision, text = model_configs(config.model, len(self.tokenizer))
     decoder_dir = config.model.get("decoder_dir", "")
+    if decoder_dir and arch != "prefix":
+      raise ConfigError("model.decoder_dir initialises the prefix VLM's frozen decoder; the cross-attention "
+                        "baseline trains its own (use model.arch=prefix or drop decoder_dir)")
+    self.tokenizer = caption_tokenizer(decoder_dir, self.pairs)
+    vision, text = model_configs(config.model, len(self.tokenizer))
     if decoder_dir:
-      if arch != "prefix":
-        raise ConfigError("model.decoder_dir initialises the prefix VLM's frozen decoder; the cross-attention "
-                          "baseline trains its own (use model.arch=prefix or drop decoder_dir)")
       text, decoder_params = converted_decoder(decoder_dir, len(self.tokenizer))
     if config.data.max_len + self._n_prefix(vision) > text.max_context:
       raise ConfigError(f"image tokens + max_len exceed model.text.max_context={text.max_context}")
@@ -205,7 +213,7 @@ class CaptionerTask:
       rows += n
       out = np.asarray(gen(trainable, frozen, batch["images"], max_new=max_new))
       for i in range(n):
-        truth, said = pairs[idx[i]].caption.lower().split(), self.tokenizer.decode(out[i]).split()
+        truth, said = pairs[idx[i]].caption.lower().split(), self.tokenizer.decode(out[i]).lower().split()
         exact += said == truth
         words_right += sum(a == b for a, b in zip(said, truth))
         words_total += len(truth)

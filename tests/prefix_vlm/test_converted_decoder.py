@@ -1,12 +1,18 @@
-"""The prefix VLM on a converted decoder (a tiny random Llama with GQA, through weights_convert.decoder):
-it trains from the trainer with only the projection and the adapters, and the frozen decoder stays
-the converted weights; the real recipe's config uses the Llama family."""
+"""The prefix VLM on a converted decoder (a tiny random Llama with GQA and a word-level HF tokenizer,
+through weights_convert.decoder): it trains from the trainer with only the projection and the adapters,
+the frozen decoder stays the converted weights and the captions use the decoder's tokenizer; the real
+recipe's config uses the Llama family."""
+import json
+import os
+
 import jax
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
+from aajax.captioning import data as cap_data
 from aajax.captioning.tasks import CaptionerTask, converted_decoder, model_configs
-from aajax.errors import ConfigError
+from aajax.errors import ConfigError, DataError
 from aajax.model_dir import load_params
 from aajax.params import flatten
 from aajax.train import loop
@@ -21,8 +27,23 @@ from weights_convert import decoder as convert_decoder
 def llama_dir(tmp_path_factory):
   src, dst = tmp_path_factory.mktemp("hf"), tmp_path_factory.mktemp("out") / "llama"
   hf_models.save_random("llama", src)
+  write_word_tokenizer(src)
   assert convert_decoder.main(["--src", str(src), "--dst", str(dst)]) == 0
   return str(dst)
+
+
+def write_word_tokenizer(folder):
+  """An HF tokenizer.json (word level) over the synthetic captions' words, with <s> and </s>."""
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  words = sorted({w for split in ("train", "test")
+                  for p in cap_data.synthetic_captions(split, 0, 64, ("brick", "grass", "coffee"), 12, 0.5)
+                  for w in p.caption.split()})
+  vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>"] + words)}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok.save(os.path.join(folder, "tokenizer.json"))
+  with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+    json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, f)
 
 
 def test_trains_on_a_converted_llama_with_the_decoder_frozen(tmp_path, llama_dir):
@@ -34,6 +55,10 @@ def test_trains_on_a_converted_llama_with_the_decoder_frozen(tmp_path, llama_dir
   frozen0, trainable0 = CaptionerTask().init(jax.random.split(jax.random.key(config.seed))[0], config)
   result = loop.train(task, config, str(tmp_path), mesh=make_mesh(jax.devices()[:1]))
   t = task.cfg.text
+  tok = task.tokenizer
+  assert isinstance(tok, cap_data.LMTokenizer) and (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 2)
+  caption = task.pairs[0].caption
+  assert tok.decode([tok.bos_id] + tok.encode(caption) + [tok.eos_id, 7]) == caption
   assert (t.norm, t.mlp, t.n_kv_heads, t.dim) == ("rmsnorm", "swiglu", 2, 32)
   trainable, frozen = jax.device_get(result.trainable), jax.device_get(result.frozen)
   assert set(trainable) == {"projection", "lora"} and set(frozen) == {"vision", "decoder"}
@@ -47,9 +72,14 @@ def test_trains_on_a_converted_llama_with_the_decoder_frozen(tmp_path, llama_dir
            for k in trainable}
   assert all(moved["projection"]) and any(moved["lora"])   # both trained
   assert np.isfinite(result.eval_metrics["loss"])
+  exported = Tokenizer.from_file(os.path.join(str(tmp_path), "model", "tokenizer.json"))
+  assert exported.encode(caption, add_special_tokens=False).ids == tok.encode(caption)
 
 
-def test_decoder_dir_errors(llama_dir):
+def test_decoder_dir_errors(llama_dir, tmp_path):
+  Tokenizer.from_file(os.path.join(llama_dir, "tokenizer.json")).save(str(tmp_path / "tokenizer.json"))
+  with pytest.raises(DataError, match="no eos_token"):
+    cap_data.LMTokenizer(str(tmp_path))
   config = tiny_config("xattn")
   config.model.decoder_dir = llama_dir
   with pytest.raises(ConfigError, match="decoder_dir"):
