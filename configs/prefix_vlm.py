@@ -6,11 +6,17 @@ or the cross-attention baseline, on the synthetic caption set or image-caption p
                                                metadata; trains in about a minute on 2 CPU cores
     --config=configs/prefix_vlm.py:xattn       the same demo with the cross-attention baseline
     --config=configs/prefix_vlm.py:base        the real recipe's shapes: SigLIP-base/16 at 224 px,
-                                               a 135M-parameter decoder shaped like SmolLM-135M
-                                               (576 wide, 30 layers, 9 heads / 3 KV heads), LoRA
+                                               a 135M-parameter Llama-family decoder shaped like
+                                               SmolLM-135M (576 wide, 30 layers, 9 heads / 3 KV
+                                               heads, RMSNorm, SwiGLU, tied embeddings), LoRA
                                                r=16 alpha=16 dropout=0.1, projection lr 1e-3,
                                                LoRA lr 5e-5, batch 4 x accumulation 16, remat
     --config=configs/prefix_vlm.py:base,xattn  the baseline at those shapes (everything trained)
+    --config=configs/prefix_vlm.py:decoder_dir=DIR
+                                               the prefix VLM on a converted decoder (frozen): its
+                                               config and weights replace the random decoder; convert
+                                               one with python -m weights_convert.decoder (SmolLM,
+                                               Llama, Qwen2, Mistral, GPT-2 safetensors)
 
 Data: --config.data.source=pairs --config.data.root=DIR --config.data.index=train.jsonl
 (--config.data.eval_index=val.jsonl); JSONL records {"image": path, "caption": text} or a CSV with
@@ -19,23 +25,22 @@ columns image, caption.
 import ml_collections
 
 from aajax.captioning.tasks import captioner_defaults
-from aajax.train.config import train_defaults
+from aajax.train.config import parse_config_arg, train_defaults
 
 
 def get_config(arg=None):
-  parts = set(filter(None, (arg or "").split(",")))
-  unknown = parts - {"xattn", "base"}
-  if unknown:
-    raise ValueError(f"unknown config argument(s) {sorted(unknown)}: use 'xattn' and/or 'base'")
+  a = parse_config_arg(arg, {"decoder_dir": ""}, switches=("xattn", "base"))
   c = captioner_defaults(train_defaults())
   c.stages = ("captions",)
-  c.model.arch = "xattn" if "xattn" in parts else "prefix"
-  if "base" in parts:
+  c.model.arch = "xattn" if a["xattn"] else "prefix"
+  c.model.decoder_dir = a["decoder_dir"]
+  if a["base"]:
     c.model.vision = ml_collections.ConfigDict(dict(width=768, depth=12, heads=12, mlp_dim=3072, patch=16,
                                                     image_size=224))
-    c.model.text = ml_collections.ConfigDict(dict(dim=576, ff_dim=1536, n_layers=30, n_heads=9, n_kv_heads=3,
-                                                  rotary_dim=64, max_context=2048,
-                                                  vocab_size=49152))
+    c.model.text = ml_collections.ConfigDict(dict(family="llama", dim=576, ff_dim=1536, n_layers=30, n_heads=9,
+                                                  n_kv_heads=3, rotary_dim=64, max_context=2048,
+                                                  vocab_size=49152, rope_theta=10000.0, ln_eps=1e-5,
+                                                  tie_embeddings=True))
     c.model.lora.update(rank=16, alpha=16.0, dropout=0.1)
     c.model.remat = True
     c.data.update(image_size=224, max_len=30)

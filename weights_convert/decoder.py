@@ -26,7 +26,7 @@ import numpy as np
 from aajax.decoder import families
 from aajax.errors import AajaxError, CheckpointError, ConfigError
 from aajax.vlm.config import TextConfig
-from weights_convert.moondream import LazyState, _to_device, read_checkpoint
+from weights_convert.moondream import LazyState, _to_device, as_lazy, read_checkpoint
 from weights_convert.sources import TOKENIZER_FILES
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2")
@@ -196,9 +196,7 @@ def convert_state(state, t: TextConfig, source: str = "checkpoint") -> dict:
   """Flat HF state (dict or LazyState) -> nested float32 params of `TextDecoder(t)` (device arrays)."""
   from weights_convert.common import unflatten
   gpt2 = t.position == "learned"
-  state = _strip_prefix(state if isinstance(state, LazyState) else
-                        LazyState({k: (lambda v=v: np.asarray(v)) for k, v in state.items()},
-                                  {k: tuple(np.shape(v)) for k, v in state.items()}), gpt2)
+  state = _strip_prefix(as_lazy(state), gpt2)
   rows = _hf_rows(t, gpt2)
   check_state(state, rows, t, source)
   shapes = param_shapes(t)

@@ -119,6 +119,54 @@ class WordTokenizer:
     return {"kind": "words", "vocab": self.vocab}
 
 
+class LMTokenizer:
+  """A decoder's own HF tokenizer: `tokenizer.json` plus the special tokens of `tokenizer_config.json`
+  (or `special_tokens_map.json`) in a converted decoder directory. Captions are encoded without the
+  tokenizer's own specials (the caption layout adds BOS and EOS); without a BOS token (Qwen2) EOS
+  starts the caption, without a pad token EOS pads (padding is masked out of the loss)."""
+
+  def __init__(self, folder: str):
+    from tokenizers import Tokenizer
+    path = os.path.join(folder, "tokenizer.json")
+    try:
+      self.tok = Tokenizer.from_file(path)
+    except Exception as e:  # the tokenizers library raises bare Exceptions for bad files
+      raise DataError(f"cannot read tokenizer {path}: {str(e).splitlines()[0]}") from None
+    special = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+      if os.path.exists(os.path.join(folder, name)):
+        with open(os.path.join(folder, name)) as f:
+          special.update({k: v for k, v in json.load(f).items() if k.endswith("_token") and v})
+    ids = {k: self._id(v) for k, v in special.items()}
+    if ids.get("eos_token") is None:
+      raise DataError(f"the tokenizer in {folder} names no eos_token in tokenizer_config.json that it knows")
+    self.eos_id = ids["eos_token"]
+    self.bos_id = ids.get("bos_token") if ids.get("bos_token") is not None else self.eos_id
+    self.pad_id = ids.get("pad_token") if ids.get("pad_token") is not None else self.eos_id
+
+  def _id(self, token):
+    token = token.get("content") if isinstance(token, dict) else token
+    return self.tok.token_to_id(token) if isinstance(token, str) else None
+
+  def __len__(self):
+    return self.tok.get_vocab_size(with_added_tokens=True)
+
+  def encode(self, text: str) -> list:
+    return self.tok.encode(text, add_special_tokens=False).ids
+
+  def decode(self, ids) -> str:
+    out = []
+    for i in map(int, ids):
+      if i == self.eos_id:
+        break
+      if i not in (self.pad_id, self.bos_id):
+        out.append(i)
+    return self.tok.decode(out).strip()
+
+  def to_json(self) -> dict:
+    return json.loads(self.tok.to_str())
+
+
 def encode_captions(tokenizer, captions, max_len: int) -> tuple:
   """(tokens [N, max_len] int32 = BOS words EOS PAD..., loss_mask [N, max_len] float32).
 

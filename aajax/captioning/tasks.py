@@ -5,6 +5,11 @@
             {"projection", "lora"}, each with its own learning rate (`projection_lr`, `lora_lr`);
             frozen: {"vision", "decoder"}, which never enter the optimizer.
   "xattn"   the cross-attention baseline (`xattn.py`); everything trainable at `lr`.
+The decoder is any family of `aajax.decoder.families` (`model.text.family`: phi, llama, qwen2, gpt2)
+at the shapes of `model.text`, randomly initialised, or, with `model.decoder_dir`, a converted
+decoder (`python -m weights_convert.decoder`): its config replaces `model.text` and its weights the
+random decoder (prefix VLM only), and its tokenizer (`tokenizer.json` copied by the converter) encodes
+the captions; a directory without one gets the captions' word tokenizer (its ids must fit the vocabulary).
 Gradient accumulation (`accum`), bfloat16 compute (`dtype`), the mesh and checkpoints are the
 trainer's. Evaluation on the held-out captions: loss, teacher-forced token accuracy, and greedy
 generation (exact match, word accuracy), with a few samples written to <workdir>/eval/captions.jsonl.
@@ -23,12 +28,12 @@ import optax
 
 from aajax.captioning import data as cap_data
 from aajax.captioning.prefix_vlm import PrefixVLM, PrefixVLMConfig, shifted_cross_entropy
-from aajax.captioning.xattn import XAttnCaptioner, greedy
+from aajax.captioning.xattn import XAttnCaptioner, greedy_cached
 from aajax.encoders.config import ViTConfig
-from aajax.errors import ConfigError
+from aajax.decoder import families
+from aajax.errors import CheckpointError, ConfigError
 from aajax.nn import lora as lora_lib
 from aajax.train import optim, tasks
-from aajax.vlm.config import TextConfig
 
 ARCHS = ("prefix", "xattn")
 EXPORTED_MODEL = "model"
@@ -40,8 +45,9 @@ def captioner_defaults(c):
   c.model = ml_collections.ConfigDict(dict(
       arch="prefix",
       vision=dict(width=64, depth=2, heads=4, mlp_dim=256, patch=8, image_size=64),
-      text=dict(dim=64, ff_dim=256, n_layers=2, n_heads=4, n_kv_heads=4, rotary_dim=16, max_context=256,
-                vocab_size=0),       # 0: the tokenizer's size (rounded up to a multiple of 8)
+      text=dict(family="phi", dim=64, ff_dim=256, n_layers=2, n_heads=4, n_kv_heads=4, rotary_dim=16,
+                max_context=256, vocab_size=0),       # 0: the tokenizer's size (rounded up to a multiple of 8)
+      decoder_dir="",                # a converted decoder (weights_convert.decoder): config + frozen weights
       projection="linear", causal_prefix=False, remat=False,
       lora=dict(rank=8, alpha=8.0, dropout=0.0, targets=(r"attn/(qkv|proj)$", r"mlp/fc[12]$"))))
   c.data = ml_collections.ConfigDict(dict(
@@ -60,9 +66,21 @@ def model_configs(model_cfg, vocab_size: int):
   v, t = model_cfg.vision, model_cfg.text
   vision = ViTConfig("siglip", v.width, v.depth, v.heads, v.mlp_dim, v.patch, v.image_size, pool="none")
   vocab = -(-max(vocab_size, int(t.get("vocab_size", 0))) // 8) * 8
-  text = TextConfig(dim=t.dim, ff_dim=t.ff_dim, n_layers=t.n_layers, vocab_size=vocab, max_context=t.max_context,
-                    n_heads=t.n_heads, n_kv_heads=t.n_kv_heads, rotary_dim=t.rotary_dim)
+  optional = {k: t[k] for k in ("rope_theta", "ln_eps", "tie_embeddings") if k in t}
+  text = families.text_config(t.get("family", "phi"), dim=t.dim, ff_dim=t.ff_dim, n_layers=t.n_layers,
+                              vocab_size=vocab, max_context=t.max_context, n_heads=t.n_heads,
+                              n_kv_heads=t.n_kv_heads, rotary_dim=t.rotary_dim, **optional)
   return vision, text
+
+
+def converted_decoder(path: str, vocab_size: int):
+  """(TextConfig, params) of a converted decoder directory, checked against the caption vocabulary."""
+  from aajax.model_dir import load_model
+  model, params = load_model(path, expect_kind="decoder")
+  if vocab_size > model.cfg.vocab_size:
+    raise ConfigError(f"the caption vocabulary ({vocab_size} words) exceeds the vocabulary of the decoder in "
+                      f"{path} ({model.cfg.vocab_size})")
+  return model.cfg, params
 
 
 def caption_pairs(data_cfg, split: str, seed: int):
@@ -76,6 +94,22 @@ def caption_pairs(data_cfg, split: str, seed: int):
   raise ConfigError(f"unknown caption source {data_cfg.source!r}; expected 'synthetic' or 'pairs'")
 
 
+def caption_tokenizer(decoder_dir: str, pairs):
+  """The converted decoder's own tokenizer when its directory has one, else words of the captions."""
+  if decoder_dir and os.path.exists(os.path.join(decoder_dir, "tokenizer.json")):
+    return cap_data.LMTokenizer(decoder_dir)
+  return cap_data.WordTokenizer.from_captions(p.caption for p in pairs)
+
+
+def replaced(random_params, loaded, source: str):
+  """The loaded tree in place of the random one, after checking they have the same paths and shapes."""
+  want = jax.tree_util.tree_structure(random_params)
+  if jax.tree_util.tree_structure(loaded) != want or any(
+      a.shape != b.shape for a, b in zip(jax.tree.leaves(random_params), jax.tree.leaves(loaded))):
+    raise CheckpointError(f"the decoder weights in {source} do not fit its config")
+  return jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), random_params, loaded)
+
+
 class CaptionerTask:
   stages = ("captions",)
 
@@ -85,8 +119,14 @@ class CaptionerTask:
       raise ConfigError(f"model.arch must be one of {ARCHS}, got {arch!r}")
     self.config, self.arch = config, arch
     self.pairs = caption_pairs(config.data, "train", config.seed)
-    self.tokenizer = cap_data.WordTokenizer.from_captions(p.caption for p in self.pairs)
+    decoder_dir = config.model.get("decoder_dir", "")
+    if decoder_dir and arch != "prefix":
+      raise ConfigError("model.decoder_dir initialises the prefix VLM's frozen decoder; the cross-attention "
+                        "baseline trains its own (use model.arch=prefix or drop decoder_dir)")
+    self.tokenizer = caption_tokenizer(decoder_dir, self.pairs)
     vision, text = model_configs(config.model, len(self.tokenizer))
+    if decoder_dir:
+      text, decoder_params = converted_decoder(decoder_dir, len(self.tokenizer))
     if config.data.max_len + self._n_prefix(vision) > text.max_context:
       raise ConfigError(f"image tokens + max_len exceed model.text.max_context={text.max_context}")
     self._jitted = {}
@@ -98,6 +138,8 @@ class CaptionerTask:
                                  config.model.remat)
       self.model = PrefixVLM(self.cfg)
       params = self.model.init(model_rng)
+      if decoder_dir:
+        params["decoder"] = replaced(params["decoder"], decoder_params, decoder_dir)
       lora = lora_lib.init_lora(lora_rng, params["decoder"], lora_cfg)
       return ({"vision": params["vision"], "decoder": params["decoder"]},
               {"projection": params["projection"], "lora": lora})
@@ -143,7 +185,7 @@ class CaptionerTask:
     bos = self.tokenizer.bos_id
     if self.arch == "prefix":
       return self.model.generate(params, images, max_new, bos)
-    return greedy(self.model, params, images, max_new, bos)
+    return greedy_cached(self.model, params, images, max_new, bos)
 
   def _fn(self, name, fn, **static):
     if name not in self._jitted:
@@ -171,7 +213,7 @@ class CaptionerTask:
       rows += n
       out = np.asarray(gen(trainable, frozen, batch["images"], max_new=max_new))
       for i in range(n):
-        truth, said = pairs[idx[i]].caption.lower().split(), self.tokenizer.decode(out[i]).split()
+        truth, said = pairs[idx[i]].caption.lower().split(), self.tokenizer.decode(out[i]).lower().split()
         exact += said == truth
         words_right += sum(a == b for a, b in zip(said, truth))
         words_total += len(truth)

@@ -12,6 +12,10 @@ TINY = {
               dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, vocab_size=96, max_position_embeddings=64, rope_theta=1e6,
                    rms_norm_eps=1e-6, tie_word_embeddings=True)),
+    "llama-bias": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
+                   dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=1, vocab_size=96, max_position_embeddings=64,
+                        attention_bias=True, mlp_bias=True, tie_word_embeddings=True)),
     "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel,
              dict(n_embd=32, n_layer=2, n_head=4, vocab_size=96, n_positions=64, bos_token_id=0, eos_token_id=0)),
 }
@@ -27,7 +31,7 @@ FULL = {
 }
 
 
-def save_random(kind: str, folder, seed: int = 0, spread: float = 0.1):
+def save_random(kind: str, folder, seed: int = 0, spread: float = 0.1, max_shard_size=None):
   """A random model of TINY/FULL[kind] written with save_pretrained (safetensors); returns it (eval mode).
 
   Norm scales, biases and weights are all perturbed (HF initialises norms to 1 and biases to 0,
@@ -41,7 +45,8 @@ def save_random(kind: str, folder, seed: int = 0, spread: float = 0.1):
         p.add_(spread * torch.randn_like(p))
       elif "wpe" in name or "wte" in name or "embed" in name:
         p.normal_(0.0, spread)
-  model.save_pretrained(folder, safe_serialization=True)
+  extra = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+  model.save_pretrained(folder, safe_serialization=True, **extra)
   return model
 
 
