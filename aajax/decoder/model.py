@@ -119,6 +119,10 @@ class DecoderAttention(nn.Module):
       k_pos = jnp.broadcast_to(jnp.arange(k.shape[1], dtype=jnp.int32), (b, k.shape[1]))
     out = grouped_attention(q, k, v, prefix_lm_mask(positions, k_pos, prefix_len))
     out = nn.Dense(c.dim, use_bias=c.proj_bias, dtype=dtype, name="proj")(out.reshape(b, t, qd))
+    if c.block_input_lora:   # a Moondream variant's proj pair reads h, not the attention output
+      a = self.param("variant_proj_a", nn.initializers.zeros, (h.shape[-1], c.block_input_lora))
+      bb = self.param("variant_proj_b", nn.initializers.zeros, (c.block_input_lora, c.dim))
+      out = out + (h @ a.astype(dtype)) @ bb.astype(dtype)
     return out, k_cache, v_cache
 
 

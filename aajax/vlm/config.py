@@ -51,6 +51,9 @@ class TextConfig:
   mlp_bias: bool = True
   lm_head_bias: bool = True
   tie_embeddings: bool = False   # logits = post_ln(h) @ wte.T (no lm_head parameter)
+  # > 0: rank of a Moondream LoRA variant's proj pair, which the reference adds to the attention
+  # output from the attention *input* (attn/variant_proj_{a,b}; aajax.vlm.lora_variant)
+  block_input_lora: int = 0
 
   @property
   def head_dim(self) -> int:

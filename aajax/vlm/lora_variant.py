@@ -15,8 +15,9 @@ reads, so it is a side branch of the block that no merge into proj's kernel repr
 
 So: an aajax LoRA exports as a variant when its proj adapter is absent (AA-Moondream adapts qkv, fc1,
 fc2: `aajax.aa_moondream.config.DECODER_LORA_TARGETS`); the file carries a zero proj pair, which the
-reference needs present in every block. A variant imports (merged into the kernels, `merge_variant`)
-when its proj pair is zero; a non-zero one is refused with the reason rather than applied wrongly.
+reference needs present in every block. A variant imports with `apply_variant`: qkv, fc1 and fc2
+merged into their kernels, and a non-zero proj pair kept as the decoder's side branch
+(`TextConfig.block_input_lora`, params attn/variant_proj_{a,b}: attention output + (h A^T) B^T).
 """
 import os
 import re
@@ -68,8 +69,8 @@ def to_variant_state(lora, scale: float, text_params) -> dict:
 
 
 def from_variant_state(state: dict) -> dict:
-  """A variant's state dict (raw or renamed names) -> an `aajax.nn.lora` tree with scale 1.
-  Raises CheckpointError for a non-zero proj pair (see the module docstring) or unknown names."""
+  """A variant's state dict (raw or renamed names) -> a tree {"blocks_i": {group: {name: {"a": A^T,
+  "b": B^T}}}} of scale 1, proj pairs included (they are not ordinary LoRA: see `apply_variant`)."""
   flat = {}
   for key, value in state.items():
     for old, new in RENAMES:
@@ -86,11 +87,8 @@ def from_variant_state(state: dict) -> dict:
     a, b = flat[key], flat.get(key[:-1] + "B")
     if b is None:
       raise CheckpointError(f"variant tensor {key} has no B")
-    if name == "proj":
-      if np.any(b @ a):
-        raise CheckpointError("the variant adapts attn/proj, which the reference applies to the block input "
-                              "(not the attention output); that side branch is not supported")
-      continue
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+      raise CheckpointError(f"variant pair {key[:-2]}: A {a.shape} and B {b.shape} are not [r, in] and [out, r]")
     tree.setdefault(f"blocks_{i}", {}).setdefault(group, {})[name] = {"a": a.T, "b": b.T}
   if not tree:
     raise CheckpointError("the variant holds no adapters")
@@ -125,7 +123,41 @@ def load_variant(path: str) -> dict:
   return from_variant_state(state)
 
 
-def merge_variant(text_params, lora_tree) -> dict:
-  """text params with the variant's adapters merged into qkv, fc1 and fc2 (scale 1)."""
+def apply_variant(cfg, params: dict, tree: dict):
+  """(config, params) of a Moondream with a variant applied: qkv, fc1, fc2 merged into the kernels
+  (exact: they are ordinary LoRA), a non-zero proj pair as the attention's side branch reading the
+  block input (`TextConfig.block_input_lora`; pairs of lower rank are zero-padded to the largest)."""
+  import dataclasses
+
   from aajax.nn.lora import LoraConfig, merge
-  return merge(text_params, lora_tree, LoraConfig(rank=1, alpha=1.0))   # scale alpha / rank = 1
+  if cfg.text.moe is not None:
+    raise ConfigError("Moondream variants adapt the dense decoder (Moondream 2 / 0.5B); this model has MoE layers")
+  text = params["text"]
+  blocks = {f"blocks_{i}" for i in range(n_blocks(text))}
+  if set(tree) - blocks:
+    raise CheckpointError(f"the variant adapts blocks this model lacks: {sorted(set(tree) - blocks)}")
+  ordinary = {blk: {g: {n: ad for n, ad in layers.items() if n != "proj"} for g, layers in groups.items()}
+              for blk, groups in tree.items()}
+  for blk, groups in tree.items():
+    for group, layers in groups.items():
+      for name, ad in layers.items():
+        shape = _layer_shape(text, int(blk.split("_")[1]), group, name)
+        if (ad["a"].shape[0], ad["b"].shape[1]) != shape:
+          raise CheckpointError(f"variant pair {blk}/{group}/{name} is {ad['a'].shape[0]} -> {ad['b'].shape[1]}, "
+                                f"the model's layer {shape[0]} -> {shape[1]}")
+  text = merge(text, ordinary, LoraConfig(rank=1, alpha=1.0))   # scale alpha / rank = 1
+  proj = {blk: g["attn"]["proj"] for blk, g in tree.items() if "proj" in g.get("attn", {})}
+  proj = {blk: ad for blk, ad in proj.items() if np.any(ad["a"] @ ad["b"])}   # zero pairs: nothing to add
+  if not proj:
+    return cfg, {**params, "text": text}
+  rank = max(ad["a"].shape[1] for ad in proj.values())
+  dim = cfg.text.dim
+  text = dict(text)
+  for blk in sorted(blocks):
+    a, b = np.zeros((dim, rank), np.float32), np.zeros((rank, dim), np.float32)
+    if blk in proj:
+      r = proj[blk]["a"].shape[1]
+      a[:, :r], b[:r] = proj[blk]["a"], proj[blk]["b"]
+    text[blk] = {**text[blk], "attn": {**text[blk]["attn"], "variant_proj_a": a, "variant_proj_b": b}}
+  cfg = cfg.replace(text=dataclasses.replace(cfg.text, block_input_lora=rank))
+  return cfg, {**params, "text": text}

@@ -168,15 +168,15 @@ class Moondream:
                       variant: Optional[str] = None) -> "Moondream":
     """A converted model directory (python -m weights_convert.moondream). dtype "bfloat16" also
     stores the params in bf16 (half the memory; the right choice on accelerators). variant: a
-    Moondream LoRA variant file (.pt / .safetensors), merged into the decoder at load
-    (`aajax.vlm.lora_variant`)."""
+    Moondream LoRA variant file (.pt / .safetensors), applied at load (`aajax.vlm.lora_variant`:
+    qkv, fc1, fc2 merged, the proj pair as the attention's side branch, as the reference computes it)."""
     import os
     from aajax.model_dir import load_model
     modules, params = load_model(path, expect_kind="moondream", **({"dtype": dtype} if dtype else {}))
     cfg = modules.cfg
     if variant:
       from aajax.vlm import lora_variant
-      params = {**params, "text": lora_variant.merge_variant(params["text"], lora_variant.load_variant(variant))}
+      cfg, params = lora_variant.apply_variant(cfg, params, lora_variant.load_variant(variant))
     params = to_device(params, jnp.dtype(dtype) if dtype else None)
     tok_path = tokenizer or os.path.join(path, "tokenizer.json")
     tok = MoondreamTokenizer.from_file(tok_path, cfg.tokenizer) if (tokenizer or os.path.exists(tok_path)) else None

@@ -1,5 +1,6 @@
 """The stage-B LoRA exported in Moondream's variant format (`aajax.vlm.lora_variant`) and read back:
-the reference's formulas on the exported tensors equal the aajax adapters; proj is refused."""
+the reference's formulas on the exported tensors equal the aajax adapters; an ordinary LoRA on proj
+has no variant equivalent and is refused."""
 import jax
 import numpy as np
 import pytest
@@ -30,23 +31,24 @@ def test_export_matches_the_reference_formula_and_reads_back(tmp_path):
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
     assert not state[f"text.blocks.{i}.attn.proj.B"].any()   # present (the reference reads it), zero
   back = lora_variant.load_variant(path)
-  merged = lora_variant.merge_variant(md["text"], back)
+  md_cfg, merged = lora_variant.apply_variant(cfg.moondream, md, back)
+  assert md_cfg == cfg.moondream   # zero proj pairs: no side branch
   want = lora.merge(md["text"], ab, cfg.lora)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), merged, want)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), merged["text"], want)
 
   raw = {k.replace("text.blocks", "text_model.transformer.h").replace(".attn.", ".mixer.").replace(".qkv.", ".Wqkv."): v
          for k, v in state.items()}   # the names before the reference's renaming read the same
   jax.tree.map(np.testing.assert_array_equal, lora_variant.from_variant_state(raw), back)
 
 
-def test_proj_adapters_are_refused_both_ways(tmp_path):
+def test_bad_adapters_and_files_are_refused(tmp_path):
   cfg, md, _ = tiny_params()
   four = lora.LoraConfig(rank=2, alpha=2.0, targets=(r"attn/(qkv|proj)$",))
   ab = jax.tree.map(lambda x: x + 0.1, lora.init_lora(jax.random.PRNGKey(0), md["text"], four))
   with pytest.raises(ConfigError, match="block input"):
     lora_variant.to_variant_state(ab, four.scale, md["text"])
-  state = {"text.blocks.0.attn.proj.A": np.ones((2, 4), np.float32), "text.blocks.0.attn.proj.B": np.ones((4, 2), np.float32)}
-  with pytest.raises(CheckpointError, match="block input"):
+  state = {"text.blocks.0.attn.qkv.A": np.ones((2, 4), np.float32), "text.blocks.0.attn.qkv.B": np.ones((4, 3), np.float32)}
+  with pytest.raises(CheckpointError, match="not \\[r, in\\]"):
     lora_variant.from_variant_state(state)
   with pytest.raises(CheckpointError, match="not a Moondream text LoRA"):
     lora_variant.from_variant_state({"vision.blocks.0.attn.qkv.A": np.ones((1, 1))})
