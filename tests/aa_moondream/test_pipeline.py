@@ -73,8 +73,8 @@ def test_stage_b_lora_lowers_the_qa_loss(run):
   samples = eval_split(config.data).samples
   before = qa_metrics(task, fresh["lora"], frozen["moondream"], samples, 8, 40)
   after = qa.eval_metrics
-  # this run measures the held-out QA loss falling from 10.7 to 5.5 (answer tokens 7.2 -> 2.7, coordinate
-  # and size bins 3.5 -> 2.8) and the answer-token accuracy rising from 0.00 to 0.63
+  # this run measures the held-out QA loss falling from 10.6 to 5.5 (answer tokens 7.1 -> 2.7, coordinate
+  # and size bins 3.5 -> 2.9) and the answer-token accuracy rising from 0.00 to 0.51 (LoRA on qkv, fc1, fc2)
   assert after["qa_loss"] < 0.65 * before["qa_loss"], (before, after)
   assert after["qa_token_loss"] < 0.5 * before["qa_token_loss"]
   assert after["qa_token_accuracy"] > before["qa_token_accuracy"] + 0.4
