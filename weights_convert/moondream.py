@@ -110,6 +110,9 @@ class LazyState(Mapping):
   def __getitem__(self, name):
     return self._loaders[name]()
 
+  def __contains__(self, name):   # Mapping's default reads the tensor (all of text.wte) to answer
+    return name in self._loaders
+
   def __iter__(self):
     return iter(self._loaders)
 
