@@ -1,0 +1,41 @@
+"""Full-size Moondream 0.5B: random init written in the release names and shapes (bf16 safetensors),
+converted with the CLI without naming the config (the size is read from the shapes), every tensor
+checked, the image prefix and decode steps against the torch reference, and every task end to end.
+
+Memory: about 2 GB of float32 params, held once."""
+import gc
+
+import numpy as np
+import pytest
+
+from aajax.vlm.config import get_config
+from tests.moondream.full_helpers import converted, image_prefix_parity, run_all_tasks, state_views
+from weights_convert import moondream as conv
+
+pytestmark = pytest.mark.full
+
+
+@pytest.fixture(scope="module")
+def md05(tmp_path_factory):
+  src, md = converted(tmp_path_factory, get_config("moondream05"), None)
+  yield src, md
+  del md
+  gc.collect()
+
+
+def test_md05_converted_exactly_from_its_shapes(md05):
+  src, md = md05
+  assert md.cfg == get_config("moondream05")
+  views = state_views(md.params, md.cfg)
+  lazy = conv.read_checkpoint(str(src))
+  assert len(lazy) == len(views) == 592
+  for key in lazy:
+    np.testing.assert_array_equal(views[key[len("model."):]], lazy[key], err_msg=key)
+
+
+def test_md05_image_prefix_and_decode_match_reference(md05):
+  image_prefix_parity(md05[1], 2e-3)
+
+
+def test_md05_end_to_end(md05):
+  run_all_tasks(md05[1])
