@@ -31,6 +31,14 @@ def _listing(items: list[str]) -> str:
   return "; ".join(items[:MAX_LISTED]) + more
 
 
+def raise_on_mismatch(source: str, against: str, missing=(), bad_shape=(), extra=()) -> None:
+  """One CheckpointError naming every missing, wrongly shaped and unexpected tensor, if there is any."""
+  problems = [f"{len(items)} {what} tensor(s): {_listing(list(items))}"
+              for what, items in (("missing", missing), ("wrongly shaped", bad_shape), ("unexpected", extra)) if items]
+  if problems:
+    raise CheckpointError(f"{source} does not match {against}: " + " | ".join(problems))
+
+
 def linear_rows(path: tuple, name: str, bias: bool = True):
   """Table rows of a torch Linear (weight [out, in], stored transposed as kernel [in, out])."""
   yield path + ("kernel",), f"{name}.weight", "T"
@@ -65,15 +73,7 @@ def apply_table(state: dict, rows: Iterable, shapes: dict, transforms: dict, sou
   missing, bad_shape = list(dict.fromkeys(missing)), list(dict.fromkeys(bad_shape))  # fused tensors fill 3 rows
   used = {name for _, name, _ in rows}
   extra = sorted(k for k in state if k not in used and not k.startswith(ignore_prefixes))
-  problems = []
-  if missing:
-    problems.append(f"{len(missing)} missing tensor(s): {_listing(missing)}")
-  if bad_shape:
-    problems.append(f"{len(bad_shape)} wrongly shaped tensor(s): {_listing(bad_shape)}")
-  if extra:
-    problems.append(f"{len(extra)} unexpected tensor(s): {_listing(extra)}")
-  if problems:
-    raise CheckpointError(f"{source} does not match the model: " + " | ".join(problems))
+  raise_on_mismatch(source, "the model", missing, bad_shape, extra)
   unfilled = sorted("/".join(p) for p in shapes if p not in flat)
   if unfilled:
     raise CheckpointError(f"{source}: the model has parameters no checkpoint tensor fills: {_listing(unfilled)}")

@@ -26,6 +26,7 @@ import numpy as np
 from aajax.decoder import families
 from aajax.errors import AajaxError, CheckpointError, ConfigError
 from aajax.vlm.config import TextConfig
+from weights_convert.common import raise_on_mismatch
 from weights_convert.moondream import LazyState, _to_device, as_lazy, read_checkpoint
 from weights_convert.sources import TOKENIZER_FILES
 
@@ -106,7 +107,7 @@ def _hf_rows(t: TextConfig, gpt2: bool) -> list:
 
   transform "T": torch Linear [out, in] -> kernel [in, out] (after concatenating the parts along out);
   "id": as stored."""
-  hd, q, kv = t.head_dim, t.n_heads * t.head_dim, t.n_kv_heads * t.head_dim
+  q, kv = t.n_heads * t.head_dim, t.n_kv_heads * t.head_dim
   rows = [(("wte",), ["wte.weight"] if gpt2 else ["embed_tokens.weight"], [(t.vocab_size, t.dim)], "id")]
   if gpt2:
     rows.append((("wpe",), ["wpe.weight"], [(t.max_context, t.dim)], "id"))
@@ -164,11 +165,6 @@ def _strip_prefix(state: LazyState, gpt2: bool) -> LazyState:
   return LazyState(loaders, shapes)
 
 
-def _listing(items) -> str:
-  items = list(items)
-  return "; ".join(items[:6]) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
-
-
 def check_state(state: LazyState, rows: list, t: TextConfig, source: str):
   """One CheckpointError naming every missing, wrongly shaped and unexpected tensor."""
   missing, bad = [], []
@@ -181,15 +177,7 @@ def check_state(state: LazyState, rows: list, t: TextConfig, source: str):
   used = {n for _, names, _, _ in rows for n in names}
   tied_head = {"lm_head.weight"} if t.tie_embeddings else set()  # some tied checkpoints still store it
   extra = sorted(k for k in state if k not in used and k not in tied_head)
-  problems = []
-  if missing:
-    problems.append(f"{len(missing)} missing tensor(s): {_listing(missing)}")
-  if bad:
-    problems.append(f"{len(bad)} wrongly shaped tensor(s): {_listing(bad)}")
-  if extra:
-    problems.append(f"{len(extra)} unexpected tensor(s): {_listing(extra)}")
-  if problems:
-    raise CheckpointError(f"{source} does not match its config.json: " + " | ".join(problems))
+  raise_on_mismatch(source, "its config.json", missing, bad, extra)
 
 
 def convert_state(state, t: TextConfig, source: str = "checkpoint") -> dict:

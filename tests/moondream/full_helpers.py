@@ -60,6 +60,16 @@ def converted(tmp_path_factory, cfg, config_name):
   return src, md
 
 
+def assert_converted_exactly(src, md, cfg):
+  """Every one of the 592 checkpoint tensors equals its converted parameter, bit for bit."""
+  assert md.cfg == cfg
+  views = state_views(md.params, md.cfg)
+  lazy = conv.read_checkpoint(str(src))
+  assert len(lazy) == len(views) == 592
+  for key in lazy:
+    np.testing.assert_array_equal(views[key[len("model."):]], lazy[key], err_msg=key)
+
+
 def state_views(params, cfg):
   """Release-layout {name: zero-copy numpy view} of the params, for the torch references."""
   flat = flatten(params)

@@ -5,12 +5,10 @@ checked, the image prefix and decode steps against the torch reference, and ever
 Memory: about 2 GB of float32 params, held once."""
 import gc
 
-import numpy as np
 import pytest
 
 from aajax.vlm.config import get_config
-from tests.moondream.full_helpers import converted, image_prefix_parity, run_all_tasks, state_views
-from weights_convert import moondream as conv
+from tests.moondream.full_helpers import assert_converted_exactly, converted, image_prefix_parity, run_all_tasks
 
 pytestmark = pytest.mark.full
 
@@ -24,13 +22,7 @@ def md05(tmp_path_factory):
 
 
 def test_md05_converted_exactly_from_its_shapes(md05):
-  src, md = md05
-  assert md.cfg == get_config("moondream05")
-  views = state_views(md.params, md.cfg)
-  lazy = conv.read_checkpoint(str(src))
-  assert len(lazy) == len(views) == 592
-  for key in lazy:
-    np.testing.assert_array_equal(views[key[len("model."):]], lazy[key], err_msg=key)
+  assert_converted_exactly(*md05, get_config("moondream05"))
 
 
 def test_md05_image_prefix_and_decode_match_reference(md05):

@@ -17,8 +17,7 @@ from aajax.decoder import kv_cache as kvc
 from aajax.vlm.config import get_config
 from aajax.vlm.runtime import image_embeddings, prepare_images
 from tests.moondream import torch_reference as ref
-from tests.moondream.full_helpers import close, converted, image_prefix_parity, run_all_tasks, state_views
-from weights_convert import moondream as conv
+from tests.moondream.full_helpers import assert_converted_exactly, close, converted, image_prefix_parity, run_all_tasks, state_views
 
 pytestmark = pytest.mark.full
 
@@ -32,13 +31,7 @@ def md2(tmp_path_factory):
 
 
 def test_md2_every_tensor_converted_exactly(md2):
-  src, md = md2
-  assert md.cfg == get_config("moondream2")
-  views = state_views(md.params, md.cfg)
-  lazy = conv.read_checkpoint(str(src))
-  assert len(lazy) == len(views) == 592
-  for key in lazy:
-    np.testing.assert_array_equal(views[key[len("model."):]], lazy[key], err_msg=key)
+  assert_converted_exactly(*md2, get_config("moondream2"))
 
 
 def test_md2_vision_matches_reference(md2):
