@@ -1,6 +1,8 @@
 """Shared pieces of the full-size tests: random checkpoints in the real names, conversion, parity runs."""
+import contextlib
 import gc
 import resource
+import shutil
 import time
 
 import jax
@@ -42,22 +44,34 @@ def write_checkpoint(folder, cfg, seed=0):
   write_tiny_tokenizer(str(folder / "tokenizer.json"))
 
 
+@contextlib.contextmanager
 def converted(tmp_path_factory, cfg, config_name):
-  """Write a random checkpoint, convert it with the CLI, load it; prints the time of each stage."""
+  """Write a random checkpoint, convert it with the CLI, load it; yields (checkpoint dir, model).
+
+  The converted copy is deleted once loaded (the params live in memory) and the checkpoint when the
+  block ends: the full-size files are several GB each, and pytest otherwise keeps every module's
+  temporary files on disk until the whole session ends."""
   t0 = time.time()
   src = tmp_path_factory.mktemp("ckpt")
-  write_checkpoint(src, cfg)
-  gc.collect()
-  t1 = time.time()
   dst = tmp_path_factory.mktemp("conv") / "model"
-  args = ["--src", str(src), "--dst", str(dst)] + (["--config", config_name] if config_name else [])
-  assert conv.main(args) == 0
-  gc.collect()
-  t2 = time.time()
-  md = Moondream.from_pretrained(str(dst))
-  print(f"random checkpoint {t1 - t0:.0f} s, conversion {t2 - t1:.0f} s, load {time.time() - t2:.0f} s, "
-        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
-  return src, md
+  try:
+    write_checkpoint(src, cfg)
+    gc.collect()
+    t1 = time.time()
+    args = ["--src", str(src), "--dst", str(dst)] + (["--config", config_name] if config_name else [])
+    assert conv.main(args) == 0
+    gc.collect()
+    t2 = time.time()
+    md = Moondream.from_pretrained(str(dst))
+    shutil.rmtree(dst.parent)
+    print(f"random checkpoint {t1 - t0:.0f} s, conversion {t2 - t1:.0f} s, load {time.time() - t2:.0f} s, "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
+    yield src, md
+    del md
+  finally:
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(dst.parent, ignore_errors=True)
+    gc.collect()
 
 
 def assert_converted_exactly(src, md, cfg):

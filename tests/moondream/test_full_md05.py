@@ -3,7 +3,6 @@ converted with the CLI without naming the config (the size is read from the shap
 checked, the image prefix and decode steps against the torch reference, and every task end to end.
 
 Memory: about 2 GB of float32 params, held once."""
-import gc
 
 import pytest
 
@@ -15,10 +14,8 @@ pytestmark = pytest.mark.full
 
 @pytest.fixture(scope="module")
 def md05(tmp_path_factory):
-  src, md = converted(tmp_path_factory, get_config("moondream05"), None)
-  yield src, md
-  del md
-  gc.collect()
+  with converted(tmp_path_factory, get_config("moondream05"), None) as src_md:
+    yield src_md
 
 
 def test_md05_converted_exactly_from_its_shapes(md05):

@@ -24,10 +24,8 @@ pytestmark = pytest.mark.full
 
 @pytest.fixture(scope="module")
 def md2(tmp_path_factory):
-  src, md = converted(tmp_path_factory, get_config("moondream2"), "moondream2")
-  yield src, md
-  del md
-  gc.collect()
+  with converted(tmp_path_factory, get_config("moondream2"), "moondream2") as src_md:
+    yield src_md
 
 
 def test_md2_every_tensor_converted_exactly(md2):

@@ -2,7 +2,6 @@
 random init in the real names (bf16), converted with the generation inferred from the tensors,
 compared on one forward against the torch reference, and run end to end. ~1.7 B params, ~7 GB.
 """
-import gc
 
 import pytest
 
@@ -16,11 +15,9 @@ MD3_LAYERS = 6  # 4 dense + 2 MoE layers: every kind of block at full width
 @pytest.fixture(scope="module")
 def md3(tmp_path_factory):
   cfg = moondream3(MD3_LAYERS).validate()
-  _, md = converted(tmp_path_factory, cfg, None)  # generation inferred from the tensors
-  assert md.cfg == cfg
-  yield md
-  del md
-  gc.collect()
+  with converted(tmp_path_factory, cfg, None) as (_, md):  # generation inferred from the tensors
+    assert md.cfg == cfg
+    yield md
 
 
 def test_md3_reduced_forward_matches_reference(md3):
