@@ -25,11 +25,11 @@ import jax.numpy as jnp
 
 from aajax.decoder import kv_cache as kvc
 from aajax.decoder.moe import MoeMlp
+from aajax.nn.attention import heads_first_attention
 from aajax.nn.layers import layer_norm
 from aajax.nn.rope import apply_rope
 from aajax.vlm.config import TextConfig
 
-NEG_INF = jnp.finfo(jnp.float32).min
 
 
 def prefix_lm_mask(q_pos, k_pos, prefix_len):
@@ -39,14 +39,18 @@ def prefix_lm_mask(q_pos, k_pos, prefix_len):
 
 
 def grouped_attention(q, k, v, mask):
-  """q [B, T, H, hd]; k, v [B, S, Hkv, hd]; mask [B, T, S] -> [B, T, H, hd]. Softmax in float32."""
+  """q [B, T, H, hd]; k, v [B, S, Hkv, hd]; mask [B, T, S] -> [B, T, H, hd]. Softmax in float32.
+
+  The G = H / Hkv query heads that share a key head become G times as many query rows of it, so the
+  whole product is one heads-first attention over the Hkv heads."""
   b, t, h, hd = q.shape
   hkv = k.shape[2]
-  q = q.reshape(b, t, hkv, h // hkv, hd)
-  logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * hd ** -0.5
-  logits = jnp.where(mask[:, None, None], logits, NEG_INF)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bkgts,bskd->btkgd", weights, v).reshape(b, t, h, hd)
+  g = h // hkv
+  q = q.reshape(b, t, hkv, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, hkv, t * g, hd)
+  rows_mask = jnp.broadcast_to(mask[:, None, :, None, :], (b, 1, t, g, mask.shape[-1]))
+  out = heads_first_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2),
+                              rows_mask.reshape(b, 1, t * g, mask.shape[-1]))
+  return out.reshape(b, hkv, t, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, t, h, hd)
 
 
 class TauScaling(nn.Module):

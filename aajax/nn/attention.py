@@ -33,14 +33,56 @@ def merge_heads(x):
   return x.reshape(b, n, h * hd)
 
 
+# Query tiles are used when one (batch, head)'s score block has more elements than this: a tile's
+# [tile, K] scores then stay in the per-core L2 cache between the score matmul, the exp and the value
+# matmul, instead of streaming the whole [B, H, Q, K] tensor through memory three times.
+TILE_MIN_SCORES = 1024 * 1024
+TILE_ROWS = 256
+
+
 def softmax_attention(q, k, v, mask=None):
-  """q [B, Q, H, hd], k and v [B, K, H, hd]; mask broadcastable to [B, H, Q, K] (True = attend)."""
-  scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+  """softmax(q k^T / sqrt(hd)) v. q [B, Q, H, hd], k and v [B, K, H, hd]; mask broadcastable to
+  [B, H, Q, K] (True = attend). Scores and the softmax are float32 whatever the input dtype.
+
+  Computed heads-first ([B, H, N, hd]: one plain batched matmul per product, which XLA:CPU runs
+  several times faster than the same einsum on heads-second operands), with the normalisation
+  deferred to the [.., Q, hd] output, and in query tiles when the scores are large (no mask).
+  """
+  qh, kh, vh = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+  if mask is None and q.shape[1] * k.shape[1] > TILE_MIN_SCORES:
+    out = _tiled_heads_first(qh, kh, vh)
+  else:
+    out = heads_first_attention(qh, kh, vh, mask)
+  return jnp.swapaxes(out, 1, 2)
+
+
+def heads_first_attention(q, k, v, mask=None):
+  """q [..., Q, hd], k and v [..., K, hd] -> [..., Q, hd]; mask broadcastable to [..., Q, K]."""
+  s = jnp.einsum("...qd,...kd->...qk", q, k, preferred_element_type=jnp.float32)
   if mask is not None:
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
+  m = jax.lax.stop_gradient(s.max(-1, keepdims=True))  # any shift gives the same softmax
+  p = jnp.exp((s - m) * q.shape[-1] ** -0.5)  # the 1/sqrt(hd) scale rides on the exp pass
+  out = jnp.einsum("...qk,...kd->...qd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return (out / p.sum(-1, keepdims=True)).astype(v.dtype)
+
+
+def _tiled_heads_first(q, k, v):
+  """heads_first_attention over query tiles of one (batch, head) at a time, in a loop."""
+  b, h, n_q, hd = q.shape
+  n_tiles = -(-n_q // TILE_ROWS)
+  rows = -(-n_q // n_tiles)
+  rows += -rows % 8  # whole SIMD rows
+  flat = lambda t: t.reshape(b * h, t.shape[2], hd)
+  qf, kf, vf = flat(q), flat(k), flat(v)
+  qf = jnp.pad(qf, ((0, 0), (0, n_tiles * rows - n_q), (0, 0))).reshape(b * h * n_tiles, rows, hd)
+
+  def tile(args):
+    i, q_tile = args
+    return heads_first_attention(q_tile, kf[i // n_tiles], vf[i // n_tiles])
+
+  out = jax.lax.map(tile, (jnp.arange(b * h * n_tiles), qf))
+  return out.reshape(b, h, n_tiles * rows, hd)[:, :, :n_q]
 
 
 def batch_axis_vv_attention(v):

@@ -83,7 +83,9 @@ def test_merged_equals_unmerged_on_the_decoder():
     merged = model.apply({"params": lora_lib.merge(params, lora, cfg)}, x)["hidden"]
     base = model.apply({"params": params}, x)["hidden"]
   assert float(jnp.abs(unmerged - base).max()) > 1e-2
-  np.testing.assert_allclose(np.asarray(merged), np.asarray(unmerged), rtol=1e-5, atol=1e-5)
+  # Merging W + BA rounds differently from adding x@BA: float32 rounding of the largest hidden values
+  scale = float(jnp.abs(unmerged).max())
+  np.testing.assert_allclose(np.asarray(merged), np.asarray(unmerged), rtol=1e-5, atol=2e-6 * scale)
 
 
 def test_dropout_only_in_the_adapter_path_and_reproducible():
