@@ -58,11 +58,14 @@ def softmax_attention(q, k, v, mask=None):
 
 def heads_first_attention(q, k, v, mask=None):
   """q [..., Q, hd], k and v [..., K, hd] -> [..., Q, hd]; mask broadcastable to [..., Q, K]."""
+  # Scaling q (as torch's SDPA does) costs [Q, hd] multiplies; scaling the scores would cost [Q, K]
+  # and, on XLA:CPU, a materialised [B, H, Q, K] broadcast of the constant.
+  q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
   s = jnp.einsum("...qd,...kd->...qk", q, k, preferred_element_type=jnp.float32)
   if mask is not None:
     s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
   m = jax.lax.stop_gradient(s.max(-1, keepdims=True))  # any shift gives the same softmax
-  p = jnp.exp((s - m) * q.shape[-1] ** -0.5)  # the 1/sqrt(hd) scale rides on the exp pass
+  p = jnp.exp(s - m)
   out = jnp.einsum("...qk,...kd->...qd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
   return (out / p.sum(-1, keepdims=True)).astype(v.dtype)
 
