@@ -62,6 +62,9 @@ def jax_phases(model, params, batch, ids, runs):
   import optax
   from aajax.anomaly import inference, objectives
   tx = optax.adam(1e-4, 0.5, 0.999)
+  # On the device once, as a loaded or training model's are: host (numpy) params and batches would
+  # be copied in every step
+  params, batch, ids = jax.device_put((params, batch, ids))
   table = objectives.anchor_table(model, params, ids)
   predict = inference.make_predict_fn(model)
   out = {"infer": harness.measure(lambda: jax.block_until_ready(

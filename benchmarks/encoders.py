@@ -87,7 +87,10 @@ def jax_fns(model, params):
   from aajax.encoders.two_towers import TwoTowerModel
   image = jax.jit(lambda p, x: model.apply({"params": p}, x, method=TwoTowerModel.encode_image)["pooled"])
   text = jax.jit(lambda p, t: model.apply({"params": p}, t, method=TwoTowerModel.encode_text)["pooled"])
-  return (lambda x: jax.block_until_ready(image(params, x))), (lambda t: jax.block_until_ready(text(params, t)))
+  # On the device once, as a loaded model's are: host (numpy) params would be copied in every call
+  params = jax.device_put(params)
+  return ((lambda x: jax.block_until_ready(image(params, jax.device_put(x)))),
+          (lambda t: jax.block_until_ready(text(params, jax.device_put(t)))))
 
 
 def torch_fns(hf, interpolate: bool):
