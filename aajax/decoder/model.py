@@ -31,7 +31,6 @@ from aajax.nn.rope import apply_rope
 from aajax.vlm.config import TextConfig
 
 
-
 def prefix_lm_mask(q_pos, k_pos, prefix_len):
   """[B, T, S] True where query position q may see key position k: causal, plus a full prefix block."""
   q, k = q_pos[:, :, None], k_pos[:, None, :]
