@@ -17,10 +17,10 @@ from aajax.anomaly import losses
 def anomaly_loss(model: AAMoondream, params, batch):
   """batch: images [B, S, S, 3], masks [B, S, S] {0, 1}, labels [B] int."""
   out = model.apply({"params": params}, batch["images"])
-  g, size = model.cfg.grid, batch["masks"].shape[1]
+  g = model.cfg.grid
 
   def seg(logits):
-    return losses.seg_loss(losses.seg_probabilities(logits, (g, g), size), batch["masks"])
+    return losses.seg_loss_from_logits(logits, (g, g), batch["masks"])
 
   levels = [seg(lg) for lg in out["level_logits"]]
   fused = seg(out["fused_logits"])

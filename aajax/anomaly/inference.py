@@ -10,7 +10,7 @@ normalisation and image scores are `aajax.eval.maps.image_scores` / `aajax.eval.
 import jax
 import jax.numpy as jnp
 
-from aajax.anomaly.losses import seg_probabilities
+from aajax.anomaly.losses import upsampled_margin
 from aajax.anomaly.model import AAModel
 from aajax.eval import maps as maps_lib
 
@@ -58,7 +58,7 @@ def make_probability_fn(model: AAModel):
   def probabilities(params, anchors, images):
     feats = model.apply({"params": params}, images, method=AAModel.image_features)
     g, size = model.cfg.grid, images.shape[1]
-    pix = [seg_probabilities(model.patch_logits(f, anchors), (g, g), size)[..., 1] for f in feats["seg"]]
+    pix = [jax.nn.sigmoid(upsampled_margin(model.patch_logits(f, anchors), (g, g), size)) for f in feats["seg"]]
     det = jax.nn.softmax(jnp.einsum("be,bek->bk", feats["det"], anchors), axis=-1)[:, 1]
     return sum(pix) / len(pix), det
 

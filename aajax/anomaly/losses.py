@@ -1,7 +1,8 @@
 """AA-CLIP losses and the similarity maps they read, with the reference's exact numerics.
 
 Training maps: s = scale * <patch, anchor> on the patch grid -> bilinear (align_corners=True) up to
-the image size -> softmax over {normal, abnormal}. Losses on those probabilities:
+the image size -> softmax over {normal, abnormal} (computed as the logistic of the upsampled
+abnormal-minus-normal margin: the same probabilities, half the upsampling). Losses on those probabilities:
   focal: -(1 - pt)^2 log(pt), pt = sum_c onehot_c p_c + 1e-5 with the one-hot clamped to
          [1e-5, 1 - 1e-5], mean over all pixels (alpha = 1);
   dice:  1 - mean_b (2 <p, t> + 1) / (sum p + sum t + 1), on the normal channel against 1 - mask
@@ -24,15 +25,33 @@ def upsampled_logits(logits, grid: tuple[int, int], size: int):
   return resize_2d(logits.reshape(b, grid[0], grid[1], k), (size, size), "bilinear_corners")
 
 
+def upsampled_margin(logits, grid: tuple[int, int], size: int):
+  """[B, N, 2] patch logits -> [B, size, size] abnormal-minus-normal margin, upsampled.
+
+  A two-way softmax is the logistic of the logits' difference, and the bilinear map is linear, so
+  upsampling the one difference map gives the training maps' probabilities exactly (up to float
+  rounding) at half the upsampling work, with no 2-wide minor axis for the [B, H, W] maps."""
+  b = logits.shape[0]
+  margin = (logits[..., 1] - logits[..., 0]).reshape(b, grid[0], grid[1])
+  return resize_2d(margin, (size, size), "bilinear_corners", axes=(-2, -1))
+
+
 def seg_probabilities(logits, grid, size):
-  return jax.nn.softmax(upsampled_logits(logits, grid, size), axis=-1)
+  """[B, N, 2] patch logits -> [B, size, size, 2]: softmax over {normal, abnormal} of the upsampled logits."""
+  margin = upsampled_margin(logits, grid, size)
+  return jnp.stack([jax.nn.sigmoid(-margin), jax.nn.sigmoid(margin)], axis=-1)
 
 
 def focal_loss(probs, mask, gamma: float = 2.0):
   """probs [B, H, W, 2], mask [B, H, W] in {0, 1}."""
-  onehot = jnp.stack([1 - mask, mask], axis=-1)
-  onehot = jnp.clip(onehot, FOCAL_SMOOTH, 1 - FOCAL_SMOOTH)  # smooth / (num_classes - 1), 2 classes
-  pt = (onehot * probs).sum(-1) + FOCAL_SMOOTH
+  return _focal(probs[..., 0], probs[..., 1], mask, gamma)
+
+
+def _focal(p_normal, p_abnormal, mask, gamma: float = 2.0):
+  # smooth / (num_classes - 1) with 2 classes: the one-hot clamped to [1e-5, 1 - 1e-5]
+  on_normal = jnp.clip(1 - mask, FOCAL_SMOOTH, 1 - FOCAL_SMOOTH)
+  on_abnormal = jnp.clip(mask, FOCAL_SMOOTH, 1 - FOCAL_SMOOTH)
+  pt = on_normal * p_normal + on_abnormal * p_abnormal + FOCAL_SMOOTH
   return jnp.mean(-((1 - pt) ** gamma) * jnp.log(pt))
 
 
@@ -45,7 +64,18 @@ def dice_loss(pred, target):
 
 
 def seg_loss(probs, mask):
-  return focal_loss(probs, mask) + dice_loss(probs[..., 0], 1 - mask) + dice_loss(probs[..., 1], mask)
+  """focal + dice on both channels; probs [B, H, W, 2], mask [B, H, W]."""
+  return _seg_loss(probs[..., 0], probs[..., 1], mask)
+
+
+def seg_loss_from_logits(logits, grid: tuple[int, int], mask):
+  """seg_loss(seg_probabilities(logits, grid, size), mask) without building the [B, H, W, 2] maps."""
+  margin = upsampled_margin(logits, grid, mask.shape[1])
+  return _seg_loss(jax.nn.sigmoid(-margin), jax.nn.sigmoid(margin), mask)
+
+
+def _seg_loss(p_normal, p_abnormal, mask):
+  return _focal(p_normal, p_abnormal, mask) + dice_loss(p_normal, 1 - mask) + dice_loss(p_abnormal, mask)
 
 
 def orthogonality_loss(anchors):

@@ -51,13 +51,8 @@ def batch_anchors(model: AAModel, params, prompt_ids, class_id, context=None, rn
 
 def seg_losses(model: AAModel, level_feats, anchors, mask):
   cfg = model.cfg
-  size = mask.shape[1]
-  out = []
-  for feats in level_feats:
-    probs = losses.seg_probabilities(model.cfg.score_scale * jnp.einsum("bne,bek->bnk", feats, anchors),
-                                     (cfg.grid, cfg.grid), size)
-    out.append(losses.seg_loss(probs, mask))
-  return out
+  return [losses.seg_loss_from_logits(cfg.score_scale * jnp.einsum("bne,bek->bnk", feats, anchors),
+                                      (cfg.grid, cfg.grid), mask) for feats in level_feats]
 
 
 def stage1_loss(model: AAModel, params, batch, prompt_ids, rng, ortho_weight=0.1, last_level_only=False):

@@ -169,6 +169,8 @@ def test_losses_and_maps_match_reference():
   t_mask = torch.from_numpy(mask)[:, None]
   close(losses.focal_loss(probs, mask), ref.focal(t_probs, t_mask), atol=1e-6)
   close(losses.seg_loss(probs, mask), ref.seg_loss(t_probs, t_mask), atol=1e-6)
+  # the training path, which never builds the two-channel maps
+  close(losses.seg_loss_from_logits(jnp.asarray(logits), (g, g), mask), ref.seg_loss(t_probs, t_mask), atol=1e-6)
   t_anchor = torch.from_numpy(anchors)
   want_orth = ((t_anchor[:, :, 0] * t_anchor[:, :, 1]).sum(1).mean()) ** 2
   close(losses.orthogonality_loss(anchors), want_orth, atol=1e-7)
