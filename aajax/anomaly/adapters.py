@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from aajax.nn.attention import MultiHeadAttention
+from aajax.nn.fence import backward_fence
 
 xavier = nn.initializers.xavier_uniform()
 
@@ -29,7 +30,9 @@ class ResidualAdapter(nn.Module):
     # The reference divides without an epsilon; a zero adapter output would be a NaN there too,
     # but a tiny floor keeps bf16 and padded tokens finite.
     a = a * (jnp.linalg.norm(x, axis=-1, keepdims=True) / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12))
-    return self.weight * a + (1 - self.weight) * x
+    # the fence keeps XLA:CPU from recomputing the later blocks' cotangent chain in this adapter's
+    # weight gradient (aajax.nn.fence)
+    return backward_fence(self.weight * a + (1 - self.weight) * x)
 
 
 class Projector(nn.Module):
