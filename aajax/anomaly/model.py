@@ -46,10 +46,12 @@ class AAModel(nn.Module):
     ids [N, L]. With cross-attention, `context` is [G, K, E] and the N sentences form G equal
     groups, group g attending to context g (N = G * sentences per group).
     """
-    text = self.backbone.text
-    x = text.embed(ids)
-    for i in range(self.cfg.backbone.text.depth):
-      x = text.block(i, x)
+    text, depth = self.backbone.text, self.cfg.backbone.text.depth
+    x, rows = text.embed(ids), text.sentence_positions(ids)
+    for i in range(depth):
+      # the last block computes the pooled token alone (all blocks are per-token after attention,
+      # and so are the cross-attention and the adapters)
+      x = text.block(i, x, rows if i == depth - 1 else None)
       if i == 0 and self.cfg.cross_attention:
         if context is None:
           raise ValueError("this model has stage-1 cross-attention: encode_text needs an image context")
@@ -58,7 +60,7 @@ class AAModel(nn.Module):
         x = self.cross_attn(x.reshape(g, (n // g) * length, d), context, deterministic).reshape(n, length, d)
       if i < self.cfg.text_adapt_until:
         x = self.text_adapters[i](x)
-    return self.text_proj(text.pool(text.final_norm(x), ids))
+    return self.text_proj(text.final_norm(x)[:, 0])
 
   def text_anchors(self, ids, num_normal: int, context=None, deterministic: bool = True):
     """Prompt-ensemble anchors. ids [C, S, L]: S sentences per class, the first `num_normal`
@@ -126,8 +128,12 @@ class AAModel(nn.Module):
     def joint(h):
       return l2_normalize(self.to_joint_space(vision.final_norm(vision.patch_tokens(h))).astype(jnp.float32))
 
-    levels = [joint(surgery[lv]) + global_emb for lv in c.levels]
-    context = joint(plain[c.cross_attn_level]) + global_emb if c.cross_attention else None
+    # One pass of the head over all taps stacked on the batch axis: a few large products instead of
+    # one set of small ones per level (the head is a sizeable part of the frozen stage-1 forward)
+    taps = [surgery[lv] for lv in c.levels] + ([plain[c.cross_attn_level]] if c.cross_attention else [])
+    feats = [f + global_emb for f in jnp.split(joint(jnp.concatenate(taps, axis=0)), len(taps), axis=0)]
+    levels = feats[:len(c.levels)]
+    context = feats[-1] if c.cross_attention else None
     return {"levels": [jax.lax.stop_gradient(f) for f in levels],
             "context": None if context is None else jax.lax.stop_gradient(context)}
 

@@ -37,18 +37,34 @@ class TextTransformer(nn.Module):
   def mask(self, length: int):
     return causal_mask(length) if self.cfg.causal else None
 
-  def block(self, i: int, x):
-    return self.layers[i](x, self.mask(x.shape[1]), "qk")
+  def block(self, i: int, x, rows=None):
+    """Block i; with `rows` ([B] positions) only those tokens come out ([B, 1, D])."""
+    if rows is None:
+      return self.layers[i](x, self.mask(x.shape[1]), "qk")
+    # a pooled token's row of the causal mask: it sees itself and the tokens before it
+    mask = (jnp.arange(x.shape[1])[None] <= rows[:, None])[:, None, None] if self.cfg.causal else None
+    return self.layers[i](x, mask, "qk", rows)
 
   def final_norm(self, x):
     return self.ln_final(x)
 
-  def pool(self, x, ids):
-    """Pick the sentence token from normed tokens: the last position, or the EOT (largest id)."""
+  def sentence_positions(self, ids):
+    """[B] position of the token a sentence is pooled from: the last, or the EOT (largest id)."""
     if self.cfg.pool == "last":
-      return x[:, -1]
-    eot = jnp.argmax(ids, axis=-1)  # first maximum, like torch.argmax
-    return jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
+      return jnp.full(ids.shape[:1], ids.shape[1] - 1, jnp.int32)
+    return jnp.argmax(ids, axis=-1)  # first maximum, like torch.argmax
+
+  def pool(self, x, ids):
+    """Pick the sentence token from normed tokens."""
+    return jnp.take_along_axis(x, self.sentence_positions(ids)[:, None, None], axis=1)[:, 0]
+
+  def sentence_embedding(self, ids):
+    """The projected pooled embedding alone ([B, out_dim]), the last block run for the pooled token
+    only: a twelfth less work for a 12-block tower than `__call__`, which returns every token."""
+    x, rows = self.embed(ids), self.sentence_positions(ids)
+    for i in range(self.cfg.depth):
+      x = self.block(i, x, rows if i == self.cfg.depth - 1 else None)
+    return self.project(self.final_norm(x)[:, 0])
 
   def project(self, pooled):
     return self.head(pooled)

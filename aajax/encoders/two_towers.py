@@ -42,6 +42,6 @@ class TwoTowerModel(nn.Module):
 
   def __call__(self, images, ids):
     img = self.vision(images)["pooled"]
-    txt = self.text(ids)["pooled"]
+    txt = self.text.sentence_embedding(ids)
     return {"image_embeds": l2_normalize(img), "text_embeds": l2_normalize(txt),
             "logits_per_text": self.logits(img, txt)}

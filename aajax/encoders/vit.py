@@ -28,9 +28,16 @@ class EncoderBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask=None, kind: str = "qk"):
+  def __call__(self, x, mask=None, kind: str = "qk", rows=None):
+    """With `rows` ([B] positions) only those tokens' outputs are computed, [B, 1, D]: they still
+    attend to every token, but the residual and the MLP run on them alone (a sentence embedding's
+    last block needs nothing else)."""
     h = layer_norm(self.ln_eps, self.dtype, "ln1")(x)
-    x = x + MultiHeadAttention(self.heads, self.dtype, name="attn")(h, mask=mask, kind=kind)
+    if rows is None:
+      x = x + MultiHeadAttention(self.heads, self.dtype, name="attn")(h, mask=mask, kind=kind)
+    else:
+      x, q = (jnp.take_along_axis(t, rows[:, None, None], axis=1) for t in (x, h))
+      x = x + MultiHeadAttention(self.heads, self.dtype, name="attn")(q, h, mask=mask, kind=kind)
     h = layer_norm(self.ln_eps, self.dtype, "ln2")(x)
     return x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(h)
 
