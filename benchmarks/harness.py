@@ -12,6 +12,8 @@ import resource
 import statistics
 import time
 
+import benchmarks
+
 
 def machine_busy_s() -> float:
   """CPU seconds (all cores, user + system + irq) the machine has spent since boot."""
@@ -62,7 +64,8 @@ def measure(fn, runs: int = 5, warmup: int = 1) -> dict:
 def environment() -> dict:
   import jax
   out = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-         "jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count()}
+         "jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
+         "host_memory_kept": benchmarks.HOST_MEMORY_KEPT}
   try:
     import torch
     out.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
