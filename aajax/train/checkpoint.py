@@ -68,11 +68,16 @@ class Checkpointer:
     """Starts saving (asynchronously unless disabled); returns once device buffers are copied."""
     if step in self._last.all_steps():
       return
+    self._best.wait_until_finished()   # one async save at a time: see save_best
     self._last.save(step, args=self._args(state, meta), force=True)
 
   def save_best(self, step: int, state, meta: dict) -> None:
     if step in self._best.all_steps():
       return
+    # Each async save synchronises the processes with barriers from a background thread; with two
+    # managers saving at once, the processes could enter those barriers in different orders and wait
+    # for each other forever (seen in 2-process runs when the final and the best save coincide).
+    self._last.wait_until_finished()
     self._best.save(step, args=self._args(state, meta), force=True)
 
   def steps(self) -> list[int]:
