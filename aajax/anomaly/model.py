@@ -49,8 +49,8 @@ class AAModel(nn.Module):
     text, depth = self.backbone.text, self.cfg.backbone.text.depth
     x, rows = text.embed(ids), text.sentence_positions(ids)
     for i in range(depth):
-      # the last block computes the pooled token alone (all blocks are per-token after attention,
-      # and so are the cross-attention and the adapters)
+      # the last block computes the pooled token alone: nothing after it mixes the text tokens (the
+      # cross-attention and the adapters act on each token by itself)
       x = text.block(i, x, rows if i == depth - 1 else None)
       if i == 0 and self.cfg.cross_attention:
         if context is None:

@@ -31,7 +31,9 @@ class EncoderBlock(nn.Module):
   def __call__(self, x, mask=None, kind: str = "qk", rows=None):
     """With `rows` ([B] positions) only those tokens' outputs are computed, [B, 1, D]: they still
     attend to every token, but the residual and the MLP run on them alone (a sentence embedding's
-    last block needs nothing else)."""
+    last block needs nothing else). Query-key attention only: the v-v kinds have no separate queries."""
+    if rows is not None and kind != "qk":
+      raise ValueError(f"rows= needs query-key attention, got kind {kind!r}")
     h = layer_norm(self.ln_eps, self.dtype, "ln1")(x)
     if rows is None:
       x = x + MultiHeadAttention(self.heads, self.dtype, name="attn")(h, mask=mask, kind=kind)
